@@ -1,0 +1,133 @@
+"""Whole-batch augmentation on the device: no per-image Python or PIL work.
+
+Each sample gets its own random affine transform (flip, rotation, scale, translation) applied in
+one `affine_grid` + `grid_sample` call, then per-sample brightness/contrast jitter, normalization
+and random erasing (Zhong et al. 2020, "Random Erasing Data Augmentation", AAAI; the same area
+and aspect-ratio ranges as `torchvision.transforms.RandomErasing`). All randomness comes from the
+`torch.Generator` passed in, so a seeded generator gives identical batches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation strengths (the `augment` section of params.yaml).
+
+    hflip: probability of a horizontal flip. rotation: max rotation in degrees (uniform in
+    [-rotation, rotation]). translate: max shift as a fraction of the image side. scale: max
+    zoom change (scale uniform in [1 - scale, 1 + scale]). brightness, contrast: max jitter factor
+    (factor uniform in [1 - b, 1 + b], as torchvision's ColorJitter). erasing: probability of
+    random erasing per image (area 2-33% of the image, aspect ratio 0.3-3.3).
+    """
+
+    hflip: float = 0.5
+    rotation: float = 15.0
+    translate: float = 0.1
+    scale: float = 0.1
+    brightness: float = 0.2
+    contrast: float = 0.2
+    erasing: float = 0.0
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any]) -> "AugmentConfig":
+        """Build from the `augment` params section; unknown keys raise ValueError naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(section) - known
+        if unknown:
+            raise ValueError(f"augment: unknown key(s) {sorted(unknown)}; allowed {sorted(known)}")
+        return cls(**{k: float(v) for k, v in section.items()})
+
+
+def _uniform(n: int, low: float, high: float, gen: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=gen, device=device) * (high - low) + low
+
+
+def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 (B, H, W) or float [0, 1] (B, 1, H, W) -> normalized float32 (B, 1, H, W)."""
+    if images.dtype == torch.uint8:
+        images = images.unsqueeze(1).float().div_(255.0)
+    return (images - mean) / std
+
+
+def augment_batch(images: torch.Tensor, cfg: AugmentConfig, mean: float, std: float,
+                  gen: torch.Generator) -> torch.Tensor:
+    """Augment and normalize a batch of uint8 images on their device.
+
+    Args:
+        images: uint8 tensor (B, H, W), pixels 0-255, on any device.
+        cfg: augmentation strengths.
+        mean, std: dataset pixel statistics in [0, 1] units.
+        gen: random generator on the same device as `images`.
+
+    Returns:
+        float32 tensor (B, 1, H, W), normalized: (pixel / 255 - mean) / std, where erased
+        regions are 0 (the dataset mean).
+    """
+    b, h, w = images.shape
+    dev = images.device
+    x = images.unsqueeze(1).float().div_(255.0)
+
+    # Per-sample affine (output -> input sampling grid, normalized [-1, 1] coordinates).
+    angle = _uniform(b, -cfg.rotation, cfg.rotation, gen, dev) * (math.pi / 180.0)
+    zoom = _uniform(b, 1.0 - cfg.scale, 1.0 + cfg.scale, gen, dev)
+    flip = torch.where(torch.rand(b, generator=gen, device=dev) < cfg.hflip, -1.0, 1.0)
+    shift = _uniform(2 * b, -2 * cfg.translate, 2 * cfg.translate, gen, dev).view(b, 2)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], dim=1),
+                         torch.stack([sin * flip, cos, shift[:, 1]], dim=1)], dim=1)
+    if cfg.rotation or cfg.scale or cfg.translate or cfg.hflip:
+        grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    # Brightness (multiply) and contrast (blend with the image mean), as ColorJitter.
+    if cfg.brightness:
+        x = x * _uniform(b, 1 - cfg.brightness, 1 + cfg.brightness, gen, dev).view(b, 1, 1, 1)
+    if cfg.contrast:
+        c = _uniform(b, 1 - cfg.contrast, 1 + cfg.contrast, gen, dev).view(b, 1, 1, 1)
+        m = x.mean(dim=(2, 3), keepdim=True)
+        x = (x - m) * c + m
+    x = x.clamp_(0.0, 1.0)
+    x = (x - mean) / std
+
+    if cfg.erasing:
+        x = random_erasing(x, cfg.erasing, gen)
+    return x
+
+
+def random_erasing(x: torch.Tensor, p: float, gen: torch.Generator,
+                   area: tuple[float, float] = (0.02, 0.33),
+                   ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
+    """Zero one random rectangle in each image with probability `p` (vectorized).
+
+    Args:
+        x: float tensor (B, C, H, W).
+        area: range of the erased fraction of the image area.
+        ratio: range of the rectangle's aspect ratio (height / width), sampled log-uniformly.
+
+    Returns:
+        A tensor like `x` with the rectangles set to 0.
+    """
+    b, _, h, w = x.shape
+    dev = x.device
+    frac = _uniform(b, area[0], area[1], gen, dev)
+    log_r = _uniform(b, math.log(ratio[0]), math.log(ratio[1]), gen, dev)
+    aspect = torch.exp(log_r)
+    eh = (torch.sqrt(frac * aspect) * h).clamp(max=h)
+    ew = (torch.sqrt(frac / aspect) * w).clamp(max=w)
+    top = torch.rand(b, generator=gen, device=dev) * (h - eh)
+    left = torch.rand(b, generator=gen, device=dev) * (w - ew)
+    apply = torch.rand(b, generator=gen, device=dev) < p
+    ys = torch.arange(h, device=dev).view(1, h, 1)
+    xs = torch.arange(w, device=dev).view(1, 1, w)
+    mask = ((ys >= top.view(b, 1, 1)) & (ys < (top + eh).view(b, 1, 1))
+            & (xs >= left.view(b, 1, 1)) & (xs < (left + ew).view(b, 1, 1))
+            & apply.view(b, 1, 1))
+    return x.masked_fill(mask.unsqueeze(1), 0.0)

@@ -1,0 +1,126 @@
+"""MLflow tracking: one run per pipeline run, in the one store that `mlflow ui` at the repo root reads.
+
+The store is `MLFLOW_TRACKING_URI` when set, otherwise `sqlite:///<root>/mlflow.db` with artifacts
+under `<root>/mlartifacts/`, where `<root>` is the main repository: `DVC_ROOT` when DVC runs the stage
+in a temporary copy (`dvc exp run --temp` / `--queue` run under `.dvc/tmp/exps/` and set it),
+otherwise the working directory. The train stage starts the run and writes its id to a small JSON
+file; evaluate and plot reopen the run from that file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+
+from ferpipe.params import flatten
+
+
+def repo_root() -> Path:
+    """The main repository root: `DVC_ROOT` when set (temp experiment copies), else the cwd."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI`, or the SQLite store `mlflow.db` at the main repo root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def artifact_location(experiment: str) -> str:
+    """Artifact folder for a new experiment: `<main repo root>/mlartifacts/<experiment>` (a file URI).
+
+    Set explicitly so that an experiment first created from a temporary DVC copy does not get
+    its artifacts inside that copy (which DVC deletes).
+    """
+    return (repo_root() / "mlartifacts" / experiment).as_uri()
+
+
+def setup(experiment: str) -> str:
+    """Point MLflow at the store and select (creating if needed) `experiment`; returns its id."""
+    mlflow.set_tracking_uri(tracking_uri())
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        exp_id = found.experiment_id
+    else:
+        try:
+            exp_id = mlflow.create_experiment(experiment, artifact_location=artifact_location(
+                experiment))
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel run
+            exp_id = mlflow.get_experiment_by_name(experiment).experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def git_commit() -> str:
+    """The current git commit (HEAD), or "" outside a git repo."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def start_run(experiment: str, params: dict[str, Any], tags: dict[str, str]) -> mlflow.ActiveRun:
+    """Start the pipeline's run: name = `DVC_EXP_NAME` when set; all params logged flattened.
+
+    Tags: git commit, `DVC_EXP_BASELINE_REV`, plus `tags` (device, torch version ...).
+    """
+    setup(experiment)
+    run = mlflow.start_run(run_name=os.environ.get("DVC_EXP_NAME") or None)
+    mlflow.set_tags({"git_commit": git_commit(),
+                     "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
+                     "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""), **tags})
+    mlflow.log_params({k: "" if v is None else v for k, v in flatten(params).items()})
+    return run
+
+
+def write_run_ref(path: str | Path, run: mlflow.ActiveRun, experiment: str) -> None:
+    """Write {run_id, experiment, tracking_uri} for the later stages."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"run_id": run.info.run_id, "experiment": experiment,
+                                "tracking_uri": tracking_uri()}, indent=2) + "\n")
+
+
+@contextmanager
+def resume_run(ref_path: str | Path) -> Iterator[mlflow.ActiveRun]:
+    """Reopen the run named in `ref_path` (written by the train stage) to log more into it.
+
+    Raises:
+        FileNotFoundError: `ref_path` is missing (run the train stage first).
+    """
+    ref_path = Path(ref_path)
+    if not ref_path.is_file():
+        raise FileNotFoundError(f"{ref_path}: MLflow run reference not found (run train first)")
+    ref = json.loads(ref_path.read_text())
+    setup(ref["experiment"])
+    with mlflow.start_run(run_id=ref["run_id"]) as run:
+        yield run
+
+
+def log_model(checkpoint: str | Path, name: str = "model") -> None:
+    """Log the checkpoint's model to the active run with `mlflow.pytorch.log_model`.
+
+    The model is logged from the CPU in fp32 with an input example of 2 normalized 1 x 48 x 48
+    images, so the saved signature accepts any batch size: input float32 (B, 1, 48, 48),
+    normalized with the checkpoint's mean/std; output float32 logits (B, 7). The checkpoint file
+    (with class names and normalization) is logged beside it.
+    """
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+
+    from ferpipe.model import load_checkpoint
+
+    model, ckpt = load_checkpoint(checkpoint)
+    size = ckpt["image_size"]
+    example = np.zeros((2, 1, size, size), dtype=np.float32)
+    mlflow.pytorch.log_model(model, name=name, input_example=example,
+                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                               f"mlflow=={mlflow.__version__}"])
+    mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")

@@ -1,0 +1,321 @@
+"""The training loop: device and AMP choice, optimizer, one-cycle schedule, epochs, validation.
+
+Laid out as torchvision's reference classification script: `train_one_epoch(...)` and
+`evaluate(...)` take the model and data explicitly; `fit(...)` runs the epochs and keeps the best
+model by validation accuracy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ferpipe.augment import AugmentConfig, augment_batch, normalize
+from ferpipe.data import CLASS_NAMES
+
+OPTIMIZERS = ("adamw", "sgd")
+AMP_CHOICES = ("auto", "bf16", "fp16", "none")
+CLASS_WEIGHTS = ("none", "inverse_frequency")
+
+
+# --------------------------------------------------------------------------- device and precision
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA, then MPS, then CPU; otherwise `torch.device(name)`.
+
+    Raises:
+        ValueError: a device that is named but not available (e.g. `cuda` on a CPU machine).
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device: '{name}' requested but CUDA is not available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"train.device: '{name}' requested but MPS is not available")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX-BF16).
+
+    Without them bf16 autocast on the CPU is emulated and usually slower than fp32.
+    Reads /proc/cpuinfo (Linux); False elsewhere.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `train.amp` on `device`, or None for full fp32.
+
+    `auto`: bf16 on CUDA devices that support it and on CPUs with native bf16; fp32 elsewhere.
+
+    Raises:
+        ValueError: unknown choice, or fp16 requested off CUDA.
+    """
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"train.amp: '{amp}' is not one of {list(AMP_CHOICES)}")
+    if amp == "none":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ValueError("train.amp: fp16 needs a CUDA device; use bf16 or none")
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """`torch.autocast` for `dtype`, or a no-op context when dtype is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- recipe pieces
+
+
+def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
+                   momentum: float = 0.9) -> torch.optim.Optimizer:
+    """AdamW, or SGD with Nesterov momentum. `lr` is replaced by the one-cycle schedule.
+
+    Raises:
+        ValueError: unknown optimizer name.
+    """
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True,
+                               weight_decay=weight_decay)
+    raise ValueError(f"train.optimizer: '{name}' is not one of {list(OPTIMIZERS)}")
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int,
+              pct_start: float) -> torch.optim.lr_scheduler.OneCycleLR:
+    """torch's OneCycleLR (Smith & Topin 2019, "Super-Convergence", arXiv:1708.07120).
+
+    Warms up from max_lr / 25 to `max_lr` over `pct_start` of the steps, then anneals (cosine)
+    to max_lr / 1e4; stepped once per batch.
+    """
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps,
+                                               pct_start=pct_start)
+
+
+def class_weights(labels: np.ndarray, mode: str, num_classes: int) -> torch.Tensor | None:
+    """Loss weights per class: None, or `inverse_frequency` = N / (num_classes * count_c).
+
+    Raises:
+        ValueError: unknown mode.
+    """
+    if mode == "none":
+        return None
+    if mode == "inverse_frequency":
+        counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+        weights = len(labels) / (num_classes * np.maximum(counts, 1))
+        return torch.tensor(weights, dtype=torch.float32)
+    raise ValueError(f"train.class_weights: '{mode}' is not one of {list(CLASS_WEIGHTS)}")
+
+
+# --------------------------------------------------------------------------- loop
+
+
+@dataclass
+class StepContext:
+    """What a train or eval step needs besides the model and data."""
+
+    device: torch.device
+    mean: float
+    std: float
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Put a normalized float batch (B, 1, H, W) in the model's memory format."""
+        if self.channels_last:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    optimizer: torch.optim.Optimizer, scheduler, loss_fn: nn.Module,
+                    ctx: StepContext, aug: AugmentConfig, batch_size: int,
+                    gen: torch.Generator, grad_clip: float = 0.0,
+                    desc: str = "train", scaler: torch.amp.GradScaler | None = None,
+                    indices: torch.Tensor | None = None) -> dict[str, Any]:
+    """One pass over the training arrays in a random order; the last partial batch is dropped.
+
+    Args:
+        images: uint8 (N, H, W) on `ctx.device`. labels: int64 (N,) on `ctx.device`.
+        gen: generator on `ctx.device` for the order and the augmentation.
+        grad_clip: max global gradient norm (0: off).
+        indices: the sample indices to use this epoch (default: all, shuffled by `gen`).
+
+    Returns:
+        {"loss": mean loss, "accuracy": fraction correct, "images": images seen,
+         "seconds": wall seconds, "images_per_s": images/s, "lrs": [lr per step]}
+    """
+    model.train()
+    order = indices if indices is not None else torch.randperm(len(labels), generator=gen,
+                                                               device=gen.device)
+    steps = len(order) // batch_size
+    total_loss = torch.zeros((), device=ctx.device)
+    correct = torch.zeros((), device=ctx.device, dtype=torch.long)
+    lrs: list[float] = []
+    start = time.perf_counter()
+    for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1.0):
+        idx = order[step * batch_size:(step + 1) * batch_size]
+        x = ctx.prepare(augment_batch(images[idx], aug, ctx.mean, ctx.std, gen))
+        y = labels[idx]
+        with autocast(ctx.device, ctx.amp_dtype):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+        total_loss += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+    seconds = time.perf_counter() - start
+    seen = steps * batch_size
+    return {"loss": total_loss.item() / max(seen, 1), "accuracy": correct.item() / max(seen, 1),
+            "images": seen, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9),
+            "lrs": lrs}
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, ctx: StepContext,
+                   batch_size: int = 512) -> torch.Tensor:
+    """Logits for uint8 images (N, H, W) (any device), as float32 (N, num_classes) on the CPU."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start:start + batch_size].to(ctx.device), ctx.mean, ctx.std)
+        with autocast(ctx.device, ctx.amp_dtype):
+            out.append(model(ctx.prepare(x)).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ctx: StepContext,
+             batch_size: int = 512) -> dict[str, Any]:
+    """Cross-entropy loss and accuracy on uint8 images (N, H, W) with int64 labels (N,).
+
+    Returns:
+        {"loss": float, "accuracy": float, "logits": float32 (N, C) CPU tensor}
+    """
+    logits = predict_logits(model, images, ctx, batch_size)
+    y = labels.cpu()
+    return {"loss": F.cross_entropy(logits, y).item(),
+            "accuracy": (logits.argmax(1) == y).float().mean().item(), "logits": logits}
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: per-epoch history rows, per-step LRs, the best epoch, and the images
+    trained on with the seconds spent in train steps (augmentation included, validation not)."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_accuracy: float = -1.0
+    images: int = 0
+    step_seconds: float = 0.0
+
+
+def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarray],
+        cfg: dict[str, Any], aug: AugmentConfig, ctx: StepContext,
+        on_best: Callable[[int, float], None],
+        on_epoch: Callable[[dict[str, float]], None] | None = None) -> FitResult:
+    """Train for `cfg["epochs"]` epochs with the one-cycle schedule, validating after each.
+
+    Args:
+        train, val: prepared splits (`images` uint8 (N, 48, 48), `labels` int64 (N,)); they are
+            copied to `ctx.device` once and stay there.
+        cfg: the `train` params section (lr, epochs, batch_size, optimizer, weight_decay,
+            momentum, pct_start, grad_clip, label_smoothing, class_weights, seed).
+        on_best: called as on_best(epoch, val_accuracy) when validation accuracy improves
+            (the caller saves the checkpoint).
+        on_epoch: called with each history row (epoch, train_loss, train_accuracy, val_loss,
+            val_accuracy, lr, seconds, images_per_s) (e.g. to log it to MLflow).
+
+    Raises:
+        ValueError: the batch size is larger than the training split.
+    """
+    device = ctx.device
+    x_train = torch.from_numpy(train["images"]).to(device)
+    y_train = torch.from_numpy(train["labels"]).to(device)
+    x_val = torch.from_numpy(val["images"]).to(device)
+    y_val = torch.from_numpy(val["labels"]).to(device)
+    steps = len(y_train) // cfg["batch_size"]
+    if steps == 0:
+        raise ValueError(f"train.batch_size: {cfg['batch_size']} is larger than the training "
+                         f"split ({len(y_train)} images)")
+
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(cfg["seed"]))
+    optimizer = make_optimizer(model, cfg["optimizer"], cfg["lr"], cfg["weight_decay"],
+                               cfg.get("momentum", 0.9))
+    scheduler = one_cycle(optimizer, cfg["lr"], cfg["epochs"] * steps, cfg["pct_start"])
+    weights = class_weights(train["labels"], cfg["class_weights"], len(CLASS_NAMES))
+    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device),
+                                  label_smoothing=cfg["label_smoothing"])
+    scaler = torch.amp.GradScaler("cuda") if ctx.amp_dtype == torch.float16 else None
+
+    result = FitResult()
+    for epoch in range(1, cfg["epochs"] + 1):
+        start = time.perf_counter()
+        stats = train_one_epoch(model, x_train, y_train, optimizer, scheduler, loss_fn, ctx, aug,
+                                cfg["batch_size"], gen, cfg["grad_clip"],
+                                desc=f"epoch {epoch}/{cfg['epochs']}", scaler=scaler)
+        val_stats = evaluate(model, x_val, y_val, ctx)
+        seconds = time.perf_counter() - start
+        result.images += stats["images"]
+        result.step_seconds += stats["seconds"]
+        result.lrs.extend(stats["lrs"])
+        row = {"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
+               "val_loss": val_stats["loss"], "val_accuracy": val_stats["accuracy"],
+               "lr": stats["lrs"][-1], "seconds": seconds, "images_per_s": stats["images_per_s"]}
+        result.history.append(row)
+        print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
+              f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
+              f" | {seconds:.1f} s, {row['images_per_s']:.0f} images/s", flush=True)
+        if row["val_accuracy"] > result.best_val_accuracy:
+            result.best_val_accuracy = row["val_accuracy"]
+            result.best_epoch = epoch
+            on_best(epoch, row["val_accuracy"])
+        if on_epoch is not None:
+            on_epoch(row)
+    return result

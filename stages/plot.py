@@ -1,0 +1,42 @@
+"""Stage 6, plot: PNGs of the training curves, LR schedule, confusion matrix, F1 and predictions."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ferpipe import plots, tracking  # noqa: E402
+from ferpipe.data import load_split, read_json  # noqa: E402
+from ferpipe.params import load_params, section, stage_args  # noqa: E402
+
+
+def main() -> None:
+    args = stage_args(__doc__)
+    cfg = section(load_params(args.params), "plot",
+                  required=("test", "run", "out", "grid_images", "seed"), path=args.params)
+    out = Path(cfg["out"])
+    history = pd.read_csv("metrics/history.csv")
+    pairs = pd.read_csv("metrics/confusion.csv")
+    evaluation = read_json("metrics/eval.json")
+    names = list(evaluation["per_class"])
+    actual, predicted = pairs["actual"].tolist(), pairs["predicted"].tolist()
+    written = [
+        plots.curves(history, "accuracy", out / "accuracy.png"),
+        plots.curves(history, "loss", out / "loss.png"),
+        plots.learning_rate(pd.read_csv("metrics/lr.csv"), out / "lr.png"),
+        plots.confusion(actual, predicted, names, out / "confusion.png"),
+        plots.per_class_f1(evaluation["per_class"], out / "per_class_f1.png"),
+        plots.prediction_grid(load_split(cfg["test"])["images"], actual, predicted,
+                              out / "predictions.png", n=cfg["grid_images"], seed=cfg["seed"]),
+    ]
+    with tracking.resume_run(cfg["run"]):
+        for path in written:
+            mlflow.log_artifact(str(path), artifact_path="plots")
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Stage 2, prepare: decode every image once into data/prepared/<split>.npz and carve val."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ferpipe.data import (class_counts, decode_split, save_split,  # noqa: E402
+                          stratified_split, write_json)
+from ferpipe.params import load_params, section, stage_args  # noqa: E402
+
+
+def main() -> None:
+    args = stage_args(__doc__)
+    cfg = section(load_params(args.params), "prepare",
+                  required=("raw", "out", "val_fraction", "seed", "image_size"), path=args.params)
+    raw, out = Path(cfg["raw"]), Path(cfg["out"])
+    splits, converted = {}, {}
+    for split in ("train", "val", "test"):
+        if (raw / split).is_dir():
+            splits[split], converted[split] = decode_split(raw / split, cfg["image_size"])
+    if "val" not in splits:
+        splits["train"], splits["val"] = stratified_split(splits["train"], cfg["val_fraction"],
+                                                          cfg["seed"])
+    report = {}
+    for split, arrays in splits.items():
+        save_split(arrays, out / f"{split}.npz")
+        counts = class_counts(arrays["labels"])
+        report[split] = {"images": len(arrays["labels"]), "converted": converted.get(split, 0),
+                         **counts}
+        print(f"{split}: {report[split]}")
+    write_json(report, "metrics/data.json")
+
+
+if __name__ == "__main__":
+    main()

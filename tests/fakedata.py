@@ -1,0 +1,47 @@
+"""Generate a tiny FER2013-like dataset (48x48 grayscale JPEGs, Kaggle layout) for tests."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ferpipe.data import CLASS_NAMES
+
+
+def face_like(label: int, rng: np.random.Generator, size: int = 48) -> np.ndarray:
+    """A uint8 (size, size) image whose bright horizontal band sits at a class-dependent row."""
+    img = rng.normal(90, 20, (size, size))
+    row = 4 + label * 6
+    img[row:row + 5, 6:-6] += 120
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_image_folders(root: Path, n_train: int = 24, n_test: int = 8, seed: int = 0,
+                       class_dirs: dict[str, str] | None = None) -> dict[str, int]:
+    """Write `root/{train,test}/<class>/*.jpg`; `class_dirs` renames class folders (e.g. Angry).
+
+    Returns the image count per split.
+    """
+    rng = np.random.default_rng(seed)
+    counts = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        counts[split] = 0
+        for label, cls in enumerate(CLASS_NAMES):
+            folder = root / split / (class_dirs or {}).get(cls, cls)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(face_like(label, rng)).save(folder / f"{split}_{cls}_{i}.jpg")
+                counts[split] += 1
+    return counts
+
+
+def make_zip(folder: Path, zip_path: Path, prefix: str = "") -> Path:
+    """Zip every file under `folder` into `zip_path` (member names prefixed with `prefix`)."""
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                zf.write(f, prefix + f.relative_to(folder).as_posix())
+    return zip_path

@@ -1,0 +1,60 @@
+import torch
+
+from ferpipe.augment import AugmentConfig, augment_batch, normalize, random_erasing
+
+NONE = AugmentConfig(hflip=0, rotation=0, translate=0, scale=0, brightness=0, contrast=0,
+                     erasing=0)
+
+
+def batch(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 48, 48), generator=g, dtype=torch.uint8)
+
+
+def test_shapes_dtype_and_range():
+    x = batch()
+    out = augment_batch(x, AugmentConfig(erasing=0.5), 0.5, 0.25, torch.Generator().manual_seed(1))
+    assert out.shape == (16, 1, 48, 48) and out.dtype == torch.float32
+    pixels = out * 0.25 + 0.5  # back to [0, 1] units
+    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
+
+
+def test_deterministic_under_seed_and_varies_across_seeds():
+    x = batch()
+    cfg = AugmentConfig(erasing=0.5)
+    a = augment_batch(x, cfg, 0.5, 0.25, torch.Generator().manual_seed(7))
+    b = augment_batch(x, cfg, 0.5, 0.25, torch.Generator().manual_seed(7))
+    c = augment_batch(x, cfg, 0.5, 0.25, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_no_augmentation_is_plain_normalization():
+    x = batch()
+    out = augment_batch(x, NONE, 0.5, 0.25, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, normalize(x, 0.5, 0.25))
+
+
+def test_flip_with_probability_one_mirrors_every_image():
+    x = batch()
+    cfg = AugmentConfig(hflip=1.0, rotation=0, translate=0, scale=0, brightness=0, contrast=0)
+    out = augment_batch(x, cfg, 0.0, 1.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, x.flip(-1).unsqueeze(1).float() / 255, atol=1e-5, rtol=0)
+
+
+def test_random_erasing_zeroes_one_rectangle_per_image():
+    x = torch.ones(32, 1, 48, 48)
+    out = random_erasing(x, 1.0, torch.Generator().manual_seed(0))
+    erased = (out == 0).float().mean(dim=(1, 2, 3))
+    assert (erased > 0).all() and (erased <= 0.34).all()
+    for img in out[:, 0]:
+        rows = (img == 0).any(dim=1).nonzero().flatten()
+        cols = (img == 0).any(dim=0).nonzero().flatten()
+        assert (img[rows.min():rows.max() + 1, cols.min():cols.max() + 1] == 0).all()
+    assert torch.equal(random_erasing(x, 0.0, torch.Generator().manual_seed(0)), x)
+
+
+def test_unknown_augment_key_is_named():
+    import pytest
+    with pytest.raises(ValueError, match="rotaton"):
+        AugmentConfig.from_params({"rotaton": 10})

@@ -1,0 +1,58 @@
+import pytest
+import torch
+from torchvision.models import resnet18
+
+from ferpipe.model import (PretrainedWeightsError, build_model, imagenet_cache_file,
+                           load_checkpoint, save_checkpoint)
+
+
+@pytest.mark.parametrize("stem,feature", [("standard", 12), ("3x3", 24), ("3x3_nopool", 48)])
+def test_output_shape_and_stem_resolution(stem, feature):
+    model = build_model(7, stem=stem).eval()
+    x = torch.randn(3, 1, 48, 48)
+    assert model(x).shape == (3, 7)
+    stem_out = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    assert stem_out.shape == (3, 64, feature, feature)
+    assert model.conv1.in_channels == 1
+
+
+def test_head_with_hidden_layer_and_unknown_stem():
+    model = build_model(7, hidden=128, dropout=0.3)
+    assert [m.out_features for m in model.fc if isinstance(m, torch.nn.Linear)] == [128, 7]
+    with pytest.raises(ValueError, match="model.stem"):
+        build_model(7, stem="5x5")
+
+
+def test_pretrained_offline_names_the_cache_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(PretrainedWeightsError) as err:
+        build_model(7, pretrained=True)
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in str(err.value)
+
+
+def test_pretrained_from_cache_sums_rgb_filters(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    reference = resnet18()
+    cache = imagenet_cache_file()
+    cache.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), cache)
+    model = build_model(7, stem="standard", pretrained=True)
+    torch.testing.assert_close(model.conv1.weight, reference.conv1.weight.sum(1, keepdim=True))
+    torch.testing.assert_close(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    gray = torch.rand(1, 1, 48, 48)
+    torch.testing.assert_close(model.conv1(gray), reference.conv1(gray.expand(1, 3, 48, 48)),
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = build_model(7, stem="3x3", hidden=16).eval()
+    params = {"model": {"stem": "3x3", "pretrained": False, "hidden": 16, "dropout": 0.0}}
+    save_checkpoint(tmp_path / "m.pt", model, class_names=list("abcdefg"), mean=0.5, std=0.25,
+                    image_size=48, params=params, extra={"epoch": 3})
+    loaded, ckpt = load_checkpoint(tmp_path / "m.pt")
+    x = torch.randn(2, 1, 48, 48)
+    torch.testing.assert_close(loaded(x), model(x))
+    assert ckpt["class_names"] == list("abcdefg") and ckpt["epoch"] == 3
+    assert ckpt["mean"] == 0.5 and ckpt["image_size"] == 48
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
