@@ -1,4 +1,7 @@
-"""Stage 6, plot: PNGs of the training curves, LR schedule, confusion matrix, F1 and predictions."""
+"""Stage 6, plot: PNGs of the training curves, LR schedule, confusion matrix, F1 and predictions.
+
+The prediction grid shows FER2013 test images, so it is kept in the DVC cache and MLflow, not in
+git (the dataset's images must not be redistributed); the other PNGs are committed."""
 
 import sys
 from pathlib import Path
@@ -16,7 +19,7 @@ from ferpipe.params import load_params, section, stage_args  # noqa: E402
 def main() -> None:
     args = stage_args(__doc__)
     cfg = section(load_params(args.params), "plot",
-                  required=("test", "run", "out", "grid_images", "seed"), path=args.params)
+                  required=("test", "run", "out", "grid", "grid_images", "seed"), path=args.params)
     out = Path(cfg["out"])
     history = pd.read_csv("metrics/history.csv")
     pairs = pd.read_csv("metrics/confusion.csv")
@@ -30,7 +33,7 @@ def main() -> None:
         plots.confusion(actual, predicted, names, out / "confusion.png"),
         plots.per_class_f1(evaluation["per_class"], out / "per_class_f1.png"),
         plots.prediction_grid(load_split(cfg["test"])["images"], actual, predicted,
-                              out / "predictions.png", n=cfg["grid_images"], seed=cfg["seed"]),
+                              Path(cfg["grid"]), n=cfg["grid_images"], seed=cfg["seed"]),
     ]
     with tracking.resume_run(cfg["run"]):
         for path in written:

@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+import torch
+
+from ferpipe.metrics import classification_metrics, report_text
+
+NAMES = ["a", "b", "c"]
+
+
+def test_metrics_on_a_hand_checked_example():
+    # true:  a a b b c c ; predicted (argmax): a b b b c a ; second choice fixes the two misses
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    logits = torch.tensor([[3., 2, 0], [2, 3, 0], [0, 3, 2], [1, 3, 0], [0, 1, 3], [3, 0, 2]])
+    m = classification_metrics(logits, labels, NAMES)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["top2_accuracy"] == pytest.approx(1.0)
+    # per class: a P=1/2 R=1/2, b P=2/3 R=1, c P=1 R=1/2
+    f1 = {"a": 0.5, "b": 0.8, "c": 2 / 3}
+    for name in NAMES:
+        assert m["per_class"][name]["f1"] == pytest.approx(f1[name])
+        assert m["per_class"][name]["support"] == 2
+    assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
+    assert m["macro_f1"] == pytest.approx(np.mean(list(f1.values())))
+    assert m["weighted_f1"] == pytest.approx(np.mean(list(f1.values())))
+    expected_loss = torch.nn.functional.cross_entropy(logits, torch.tensor(labels)).item()
+    assert m["loss"] == pytest.approx(expected_loss)
+    assert m["n"] == 6
+
+
+def test_absent_class_scores_zero_without_crashing():
+    labels = np.array([0, 0, 1])
+    logits = torch.tensor([[2., 0, 0], [2, 0, 0], [0, 2, 0]])
+    m = classification_metrics(logits, labels, NAMES)
+    assert m["accuracy"] == 1.0
+    assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert "macro avg" in report_text(labels, logits.argmax(1).numpy(), NAMES)

@@ -1,0 +1,194 @@
+"""End to end: the real `dvc repro`, `dvc exp run` and `dvc plots diff` on a tiny generated dataset."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from tests.fakedata import make_image_folders, make_zip
+
+ROOT = Path(__file__).resolve().parents[1]
+COPY = ["ferpipe", "stages", "dvc.yaml", "params.yaml", ".gitignore"]
+EPOCHS = 2
+
+
+def sh(args, cwd, env, stdout_only=False):
+    """Run a command, failing the test with its output when it fails."""
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout if stdout_only else proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A temp git + DVC repo holding a copy of the project, params set for a 2-epoch run."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    counts = make_image_folders(tmp / "images", n_train=20, n_test=6)
+    archive = make_zip(tmp / "images", tmp / "fer_tiny.zip")
+    repo = tmp / "repo"
+    repo.mkdir()
+    for name in COPY:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, repo / name)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["download"]["source"] = str(archive)
+    params["model"]["stem"] = "standard"
+    params["train"].update(epochs=EPOCHS, batch_size=16, lr=0.003)
+    params["plot"]["grid_images"] = 16
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@example.com")
+    sh(["git", "init", "-q"], repo, env)
+    sh(["git", "config", "user.name", "t"], repo, env)
+    sh(["git", "config", "user.email", "t@example.com"], repo, env)
+    sh(["dvc", "init", "-q"], repo, env)
+    sh(["dvc", "config", "core.analytics", "false"], repo, env)
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "commit", "-qm", "init"], repo, env)
+    out = sh(["dvc", "repro"], repo, env)
+    return {"path": repo, "env": env, "counts": counts, "repro_log": out}
+
+
+def read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_repro_writes_sane_outputs(repo):
+    r = repo["path"]
+    for stage in ("download", "prepare", "stats", "train", "evaluate", "plot"):
+        assert f"Running stage '{stage}'" in repo["repro_log"]
+    assert sorted(p.name for p in (r / "data/raw").iterdir()) == ["test", "train"]
+    data = json.loads((r / "metrics/data.json").read_text())
+    assert data["train"]["images"] + data["val"]["images"] == repo["counts"]["train"]
+    assert data["test"]["images"] == repo["counts"]["test"]
+    stats = json.loads((r / "data/stats.json").read_text())
+    assert 0 < stats["mean"] < 1 and 0 < stats["std"] < 0.5
+
+    history = read_csv(r / "metrics/history.csv")
+    assert [int(row["epoch"]) for row in history] == list(range(1, EPOCHS + 1))
+    for row in history:
+        assert 0 <= float(row["val_accuracy"]) <= 1 and float(row["images_per_s"]) > 0
+    steps = (data["train"]["images"] // 16) * EPOCHS
+    assert len(read_csv(r / "metrics/lr.csv")) == steps
+
+    train = json.loads((r / "metrics/train.json").read_text())
+    assert train["epochs"] == EPOCHS and 1 <= train["best_epoch"] <= EPOCHS
+    assert train["best_val_accuracy"] == max(float(h["val_accuracy"]) for h in history)
+    evaluation = json.loads((r / "metrics/eval.json").read_text())
+    for key in ("accuracy", "macro_f1", "weighted_f1", "top2_accuracy"):
+        assert 0 <= evaluation[key] <= 1
+    assert evaluation["top2_accuracy"] >= evaluation["accuracy"]
+    assert evaluation["n"] == repo["counts"]["test"]
+    assert sum(c["support"] for c in evaluation["per_class"].values()) == evaluation["n"]
+    assert len(read_csv(r / "metrics/confusion.csv")) == repo["counts"]["test"]
+    assert "macro avg" in (r / "metrics/classification_report.txt").read_text()
+
+    ckpt = torch.load(r / "models/model.pt", map_location="cpu", weights_only=True)
+    assert ckpt["class_names"][0] == "angry" and ckpt["epoch"] == train["best_epoch"]
+    assert ckpt["mean"] == pytest.approx(stats["mean"])
+    pngs = sorted((r / "metrics/plots").glob("*.png"))
+    assert [p.name for p in pngs] == ["accuracy.png", "confusion.png", "loss.png", "lr.png",
+                                      "per_class_f1.png"]
+    grid = r / "metrics/predictions.png"  # holds dataset images: DVC-cached, git-ignored
+    assert "/predictions.png" in (r / "metrics/.gitignore").read_text()
+    for png in pngs + [grid]:
+        assert png.stat().st_size > 5000 and Image.open(png).size[0] > 300
+
+
+def test_mlflow_holds_one_complete_run(repo):
+    r = repo["path"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{r / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["train.epochs"] == str(EPOCHS)
+    assert run.data.params["model.stem"] == "standard"
+    assert run.data.tags["device"] == "cpu" and run.data.tags["torch_version"]
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == list(range(1, EPOCHS + 1))
+    evaluation = json.loads((r / "metrics/eval.json").read_text())
+    assert run.data.metrics["test_accuracy"] == pytest.approx(evaluation["accuracy"])
+    assert run.data.metrics["test_macro_f1"] == pytest.approx(evaluation["macro_f1"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert "plots/confusion.png" in artifacts and len(artifacts) == 6
+    assert client.get_experiment(run.info.experiment_id).artifact_location.startswith(
+        (r / "mlartifacts").as_uri())
+
+    mlflow.set_tracking_uri(f"sqlite:///{r / 'mlflow.db'}")
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    assert model(torch.zeros(3, 1, 48, 48)).shape == (3, 7)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert np.asarray(pyfunc.predict(np.zeros((5, 1, 48, 48), np.float32))).shape == (5, 7)
+
+
+def test_second_repro_runs_nothing(repo):
+    out = sh(["dvc", "repro"], repo["path"], repo["env"])
+    assert "Running stage" not in out
+    assert "up to date" in sh(["dvc", "status"], repo["path"], repo["env"])
+
+
+def find_experiment(shown, lr):
+    """In `dvc exp show --json` output (baselines with their experiments' revs), return
+    (name, data) of the experiment whose params.yaml has train.lr == lr."""
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                params = rev["data"]["params"]["params.yaml"]["data"]
+                if params["train"]["lr"] == lr:
+                    return rev["name"], rev["data"]
+    return None
+
+
+def test_experiment_shows_up_and_plots_diff(repo):
+    r, env = repo["path"], repo["env"]
+    sh(["git", "add", "-A"], r, env)
+    sh(["git", "commit", "-qm", "baseline run"], r, env)
+    sh(["dvc", "exp", "run", "-S", "train.lr=0.01"], r, env)
+    shown = json.loads(sh(["dvc", "exp", "show", "--json"], r, env, stdout_only=True))
+    found = find_experiment(shown, 0.01)
+    assert found, "experiment with train.lr=0.01 not in dvc exp show"
+    name, data = found
+    metrics = data["metrics"]["metrics/eval.json"]["data"]
+    assert 0 <= metrics["accuracy"] <= 1
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{r / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 2
+    assert name in {run.info.run_name for run in runs}
+
+    sh(["dvc", "plots", "diff", "HEAD", name, "-o", "plots_diff"], r, env)
+    html = (r / "plots_diff" / "index.html").read_text()
+    assert "Confusion matrix" in html and "Accuracy" in html
+
+
+def test_temp_experiment_logs_into_the_main_store(repo):
+    """`dvc exp run --temp` runs in .dvc/tmp/exps/...; its run must land in the main mlflow.db."""
+    r, env = repo["path"], repo["env"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{r / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    before = len(client.search_runs(experiments))
+    sh(["dvc", "exp", "run", "--temp", "-S", "train.lr=0.005"], r, env)
+    runs = client.search_runs(experiments)
+    assert len(runs) == before + 1
+    newest = max(runs, key=lambda run: run.info.start_time)
+    assert newest.data.params["train.lr"] == "0.005"
+    assert "test_accuracy" in newest.data.metrics
+    assert newest.info.artifact_uri.startswith((r / "mlartifacts").as_uri())
+    assert not list(r.glob(".dvc/tmp/exps/**/mlflow.db"))
