@@ -1,3 +1,5 @@
+from urllib.error import URLError
+
 import pytest
 import torch
 from torchvision.models import resnet18
@@ -24,7 +26,11 @@ def test_head_with_hidden_layer_and_unknown_stem():
 
 
 def test_pretrained_offline_names_the_cache_file(tmp_path, monkeypatch):
+    """Runs the real weights-API code down to torch.hub's urlopen, which fails as offline."""
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -2] Name or service not known")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
     with pytest.raises(PretrainedWeightsError) as err:
         build_model(7, pretrained=True)
     assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in str(err.value)
