@@ -65,6 +65,12 @@ def repo(tmp_path_factory):
     return {"path": repo, "env": env, "counts": counts, "repro_log": out}
 
 
+def store_runs(repo_path):
+    """(client, every run) of the MLflow store at the repo root, as `mlflow ui` there sees it."""
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo_path / 'mlflow.db'}")
+    return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
 def read_csv(path):
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
@@ -114,8 +120,7 @@ def test_repro_writes_sane_outputs(repo):
 
 def test_mlflow_holds_one_complete_run(repo):
     r = repo["path"]
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{r / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    client, runs = store_runs(r)
     assert len(runs) == 1
     run = runs[0]
     assert run.data.params["train.epochs"] == str(EPOCHS)
@@ -168,8 +173,7 @@ def test_experiment_shows_up_and_plots_diff(repo):
     metrics = data["metrics"]["metrics/eval.json"]["data"]
     assert 0 <= metrics["accuracy"] <= 1
 
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{r / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    _, runs = store_runs(r)
     assert len(runs) == 2
     assert name in {run.info.run_name for run in runs}
 
@@ -181,12 +185,10 @@ def test_experiment_shows_up_and_plots_diff(repo):
 def test_temp_experiment_logs_into_the_main_store(repo):
     """`dvc exp run --temp` runs in .dvc/tmp/exps/...; its run must land in the main mlflow.db."""
     r, env = repo["path"], repo["env"]
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{r / 'mlflow.db'}")
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    before = len(client.search_runs(experiments))
+    _, runs_before = store_runs(r)
     sh(["dvc", "exp", "run", "--temp", "-S", "train.lr=0.005"], r, env)
-    runs = client.search_runs(experiments)
-    assert len(runs) == before + 1
+    _, runs = store_runs(r)
+    assert len(runs) == len(runs_before) + 1
     newest = max(runs, key=lambda run: run.info.start_time)
     assert newest.data.params["train.lr"] == "0.005"
     assert "test_accuracy" in newest.data.metrics
