@@ -94,8 +94,7 @@ def augment_batch(images: torch.Tensor, cfg: AugmentConfig, mean: float, std: fl
         c = _uniform(b, 1 - cfg.contrast, 1 + cfg.contrast, gen, dev).view(b, 1, 1, 1)
         m = x.mean(dim=(2, 3), keepdim=True)
         x = (x - m) * c + m
-    x = x.clamp_(0.0, 1.0)
-    x = (x - mean) / std
+    x = normalize(x.clamp_(0.0, 1.0), mean, std)
 
     if cfg.erasing:
         x = random_erasing(x, cfg.erasing, gen)

@@ -9,7 +9,6 @@ file; evaluate and plot reopen the run from that file.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from typing import Any, Iterator
 
 import mlflow
 
+from ferpipe.data import read_json, write_json
 from ferpipe.params import flatten
 
 
@@ -81,10 +81,8 @@ def start_run(experiment: str, params: dict[str, Any], tags: dict[str, str]) -> 
 
 def write_run_ref(path: str | Path, run: mlflow.ActiveRun, experiment: str) -> None:
     """Write {run_id, experiment, tracking_uri} for the later stages."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"run_id": run.info.run_id, "experiment": experiment,
-                                "tracking_uri": tracking_uri()}, indent=2) + "\n")
+    write_json({"run_id": run.info.run_id, "experiment": experiment,
+                "tracking_uri": tracking_uri()}, path)
 
 
 @contextmanager
@@ -97,7 +95,7 @@ def resume_run(ref_path: str | Path) -> Iterator[mlflow.ActiveRun]:
     ref_path = Path(ref_path)
     if not ref_path.is_file():
         raise FileNotFoundError(f"{ref_path}: MLflow run reference not found (run train first)")
-    ref = json.loads(ref_path.read_text())
+    ref = read_json(ref_path)
     setup(ref["experiment"])
     with mlflow.start_run(run_id=ref["run_id"]) as run:
         yield run

@@ -8,6 +8,7 @@ model by validation accuracy.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,95 @@ def class_weights(labels: np.ndarray, mode: str, num_classes: int) -> torch.Tens
     raise ValueError(f"train.class_weights: '{mode}' is not one of {list(CLASS_WEIGHTS)}")
 
 
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a `torchrun` job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process (rank 0) writes files and logs to MLflow."""
+        return self.rank == 0
+
+
+def init_distributed(device_name: str = "auto") -> tuple[Dist, torch.device]:
+    """Join the process group when launched by `torchrun` (WORLD_SIZE > 1), and pick the device.
+
+    Backend NCCL on CUDA (one GPU per process: `cuda:<LOCAL_RANK>`), gloo on the CPU. Without
+    torchrun this is `resolve_device(device_name)` and rank 0 of 1.
+
+    Raises:
+        ValueError: as `resolve_device`, or fewer CUDA devices than local processes.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if world_size <= 1:
+        return Dist(), device
+    import torch.distributed as torch_dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"train.device: local rank {local_rank} needs a GPU but only "
+                             f"{torch.cuda.device_count()} are visible")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(torch_dist.get_rank(), torch_dist.get_world_size()), device
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group, if one was joined."""
+    import torch.distributed as torch_dist
+
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def all_reduce(values: torch.Tensor, dist: Dist, op: str = "sum") -> torch.Tensor:
+    """Reduce a tensor over all ranks in place (`op` "sum" or "max"); unchanged when not
+    distributed."""
+    if dist.enabled:
+        import torch.distributed as torch_dist
+
+        reduce_op = {"sum": torch_dist.ReduceOp.SUM, "max": torch_dist.ReduceOp.MAX}[op]
+        torch_dist.all_reduce(values, op=reduce_op)
+    return values
+
+
+def shard_indices(order: torch.Tensor, batch_size: int, dist: Dist) -> torch.Tensor:
+    """This rank's sample indices for one epoch, in step order.
+
+    Args:
+        order: int64 (N,), a permutation shared by all ranks (same seed).
+        batch_size: the global batch (`train.batch_size`), split evenly over the ranks.
+
+    Returns:
+        int64 (steps * batch_size / world_size,): for step s, rank r takes the r-th slice of
+        global batch s, so the ranks see disjoint samples and together the same batches a
+        single process would; the last partial global batch is dropped.
+
+    Raises:
+        ValueError: the batch size is not divisible by the number of processes.
+    """
+    if batch_size % dist.world_size:
+        raise ValueError(f"train.batch_size: {batch_size} is not divisible by the "
+                         f"{dist.world_size} processes")
+    steps = len(order) // batch_size
+    per_rank = batch_size // dist.world_size
+    return order[:steps * batch_size].view(steps, dist.world_size, per_rank)[:, dist.rank].reshape(-1)
+
+
 # --------------------------------------------------------------------------- loop
 
 
@@ -159,59 +249,81 @@ class StepContext:
         return x
 
 
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               optimizer: torch.optim.Optimizer, loss_fn: nn.Module, ctx: StepContext,
+               grad_clip: float = 0.0, scaler: torch.amp.GradScaler | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step: forward (under autocast), loss in fp32, backward, clip, step.
+
+    Args:
+        x: normalized float32 (B, 1, H, W) on `ctx.device`, in the model's memory format.
+        y: int64 (B,) class indices.
+        grad_clip: max global gradient norm (0: off).
+        scaler: a GradScaler for fp16 autocast, else None.
+
+    Returns:
+        (loss, logits): the detached scalar loss and the (B, C) logits.
+    """
+    with autocast(ctx.device, ctx.amp_dtype):
+        logits = model(x)
+    loss = loss_fn(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss.detach(), logits.detach()
+
+
 def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                    optimizer: torch.optim.Optimizer, scheduler, loss_fn: nn.Module,
-                    ctx: StepContext, aug: AugmentConfig, batch_size: int,
-                    gen: torch.Generator, grad_clip: float = 0.0,
-                    desc: str = "train", scaler: torch.amp.GradScaler | None = None,
-                    indices: torch.Tensor | None = None) -> dict[str, Any]:
-    """One pass over the training arrays in a random order; the last partial batch is dropped.
+                    indices: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler,
+                    loss_fn: nn.Module, ctx: StepContext, aug: AugmentConfig, batch_size: int,
+                    gen: torch.Generator, grad_clip: float = 0.0, desc: str = "train",
+                    scaler: torch.amp.GradScaler | None = None, dist: Dist = Dist()
+                    ) -> dict[str, Any]:
+    """One pass over `indices` in order, `batch_size` at a time, augmenting each batch.
 
     Args:
         images: uint8 (N, H, W) on `ctx.device`. labels: int64 (N,) on `ctx.device`.
-        gen: generator on `ctx.device` for the order and the augmentation.
-        grad_clip: max global gradient norm (0: off).
-        indices: the sample indices to use this epoch (default: all, shuffled by `gen`).
+        indices: int64 sample indices for this process, already shuffled (and sharded under
+            torchrun: see `shard_indices`); a trailing partial batch is dropped.
+        batch_size: this process's batch size.
+        gen: generator on `ctx.device` for the augmentation.
+        dist: the process group; loss and accuracy are summed over all ranks.
 
     Returns:
-        {"loss": mean loss, "accuracy": fraction correct, "images": images seen,
-         "seconds": wall seconds, "images_per_s": images/s, "lrs": [lr per step]}
+        {"loss": mean loss, "accuracy": fraction correct, "images": images seen by all ranks,
+         "seconds": wall seconds, "images_per_s": images/s over all ranks, "lrs": [lr per step]}
     """
     model.train()
-    order = indices if indices is not None else torch.randperm(len(labels), generator=gen,
-                                                               device=gen.device)
-    steps = len(order) // batch_size
+    steps = len(indices) // batch_size
     total_loss = torch.zeros((), device=ctx.device)
     correct = torch.zeros((), device=ctx.device, dtype=torch.long)
     lrs: list[float] = []
     start = time.perf_counter()
-    for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1.0):
-        idx = order[step * batch_size:(step + 1) * batch_size]
+    for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1.0,
+                     disable=not dist.is_main):
+        idx = indices[step * batch_size:(step + 1) * batch_size]
         x = ctx.prepare(augment_batch(images[idx], aug, ctx.mean, ctx.std, gen))
         y = labels[idx]
-        with autocast(ctx.device, ctx.amp_dtype):
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        loss, logits = train_step(model, x, y, optimizer, loss_fn, ctx, grad_clip, scaler)
         lrs.append(optimizer.param_groups[0]["lr"])
         scheduler.step()
-        total_loss += loss.detach() * len(y)
+        total_loss += loss * len(y)
         correct += (logits.argmax(1) == y).sum()
     seconds = time.perf_counter() - start
-    seen = steps * batch_size
-    return {"loss": total_loss.item() / max(seen, 1), "accuracy": correct.item() / max(seen, 1),
+    sums = all_reduce(torch.tensor([total_loss.item(), correct.item(), steps * batch_size],
+                                       dtype=torch.float64, device=ctx.device), dist).tolist()
+    seen = int(sums[2])
+    return {"loss": sums[0] / max(seen, 1), "accuracy": sums[1] / max(seen, 1),
             "images": seen, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9),
             "lrs": lrs}
 
@@ -242,10 +354,32 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ctx: 
             "accuracy": (logits.argmax(1) == y).float().mean().item(), "logits": logits}
 
 
+def validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ctx: StepContext,
+             dist: Dist = Dist(), batch_size: int = 512) -> dict[str, float]:
+    """Validation loss and accuracy, each rank scoring images[rank::world_size], summed over ranks.
+
+    Args:
+        images: uint8 (N, H, W); labels: int64 (N,).
+
+    Returns:
+        {"loss": mean cross-entropy over all N images, "accuracy": fraction correct}: the same
+        numbers on every rank, equal to a single-process `evaluate` up to float rounding.
+    """
+    shard = slice(dist.rank, None, dist.world_size)
+    logits = predict_logits(model, images[shard], ctx, batch_size)
+    y = labels[shard].cpu()
+    local = torch.tensor([F.cross_entropy(logits, y, reduction="sum").item() if len(y) else 0.0,
+                          (logits.argmax(1) == y).sum().item() if len(y) else 0.0, len(y)],
+                         dtype=torch.float64, device=ctx.device)
+    loss_sum, correct, n = all_reduce(local, dist).tolist()
+    return {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1)}
+
+
 @dataclass
 class FitResult:
     """What `fit` returns: per-epoch history rows, per-step LRs, the best epoch, and the images
-    trained on with the seconds spent in train steps (augmentation included, validation not)."""
+    trained on (all ranks) with the seconds spent in train steps (augmentation included,
+    validation not)."""
 
     history: list[dict[str, float]] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
@@ -255,24 +389,45 @@ class FitResult:
     step_seconds: float = 0.0
 
 
+def wrap_model(model: nn.Module, device: torch.device, dist: Dist = Dist(),
+               compile: bool = False) -> nn.Module:
+    """The module the loop calls: `model` wrapped in DistributedDataParallel under torchrun, then
+    compiled with `torch.compile` when asked. Both share `model`'s parameters, so saving
+    `model.state_dict()` saves the trained weights."""
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[device.index]
+                                        if device.type == "cuda" else None)
+    if compile:
+        model = torch.compile(model)
+    return model
+
+
 def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarray],
         cfg: dict[str, Any], aug: AugmentConfig, ctx: StepContext,
         on_best: Callable[[int, float], None],
-        on_epoch: Callable[[dict[str, float]], None] | None = None) -> FitResult:
+        on_epoch: Callable[[dict[str, float]], None] | None = None,
+        dist: Dist = Dist()) -> FitResult:
     """Train for `cfg["epochs"]` epochs with the one-cycle schedule, validating after each.
 
     Args:
         train, val: prepared splits (`images` uint8 (N, 48, 48), `labels` int64 (N,)); they are
             copied to `ctx.device` once and stay there.
         cfg: the `train` params section (lr, epochs, batch_size, optimizer, weight_decay,
-            momentum, pct_start, grad_clip, label_smoothing, class_weights, seed).
+            momentum, pct_start, grad_clip, label_smoothing, class_weights, seed; optional
+            compile).
         on_best: called as on_best(epoch, val_accuracy) when validation accuracy improves
-            (the caller saves the checkpoint).
+            (the caller saves the checkpoint). Called on rank 0 only.
         on_epoch: called with each history row (epoch, train_loss, train_accuracy, val_loss,
-            val_accuracy, lr, seconds, images_per_s) (e.g. to log it to MLflow).
+            val_accuracy, lr, seconds, images_per_s) (e.g. to log it to MLflow). Rank 0 only.
+        dist: under torchrun, each rank trains on its own shard of every global batch
+            (`shard_indices`) with gradients all-reduced by DistributedDataParallel; the
+            order is seeded identically on all ranks, the augmentation per rank.
 
     Raises:
-        ValueError: the batch size is larger than the training split.
+        ValueError: the batch size is larger than the training split or not divisible by the
+            number of processes.
     """
     device = ctx.device
     x_train = torch.from_numpy(train["images"]).to(device)
@@ -283,9 +438,13 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
     if steps == 0:
         raise ValueError(f"train.batch_size: {cfg['batch_size']} is larger than the training "
                          f"split ({len(y_train)} images)")
+    per_rank = cfg["batch_size"] // dist.world_size
 
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(cfg["seed"]))
+    order_gen = torch.Generator(device=device)
+    order_gen.manual_seed(int(cfg["seed"]))
+    aug_gen = torch.Generator(device=device)
+    aug_gen.manual_seed(int(cfg["seed"]) + 1 + dist.rank)
+    net = wrap_model(model, device, dist, bool(cfg.get("compile", False)))
     optimizer = make_optimizer(model, cfg["optimizer"], cfg["lr"], cfg["weight_decay"],
                                cfg.get("momentum", 0.9))
     scheduler = one_cycle(optimizer, cfg["lr"], cfg["epochs"] * steps, cfg["pct_start"])
@@ -297,10 +456,13 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
     result = FitResult()
     for epoch in range(1, cfg["epochs"] + 1):
         start = time.perf_counter()
-        stats = train_one_epoch(model, x_train, y_train, optimizer, scheduler, loss_fn, ctx, aug,
-                                cfg["batch_size"], gen, cfg["grad_clip"],
-                                desc=f"epoch {epoch}/{cfg['epochs']}", scaler=scaler)
-        val_stats = evaluate(model, x_val, y_val, ctx)
+        order = torch.randperm(len(y_train), generator=order_gen, device=device)
+        stats = train_one_epoch(net, x_train, y_train,
+                                shard_indices(order, cfg["batch_size"], dist), optimizer,
+                                scheduler, loss_fn, ctx, aug, per_rank, aug_gen,
+                                cfg["grad_clip"], desc=f"epoch {epoch}/{cfg['epochs']}",
+                                scaler=scaler, dist=dist)
+        val_stats = validate(model, x_val, y_val, ctx, dist)  # the bare module: no DDP sync
         seconds = time.perf_counter() - start
         result.images += stats["images"]
         result.step_seconds += stats["seconds"]
@@ -309,13 +471,16 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
                "val_loss": val_stats["loss"], "val_accuracy": val_stats["accuracy"],
                "lr": stats["lrs"][-1], "seconds": seconds, "images_per_s": stats["images_per_s"]}
         result.history.append(row)
-        print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
-              f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
-              f" | {seconds:.1f} s, {row['images_per_s']:.0f} images/s", flush=True)
+        if dist.is_main:
+            print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc "
+                  f"{row['train_accuracy']:.4f} | val loss {row['val_loss']:.4f} acc "
+                  f"{row['val_accuracy']:.4f} | {seconds:.1f} s, {row['images_per_s']:.0f} "
+                  f"images/s", flush=True)
         if row["val_accuracy"] > result.best_val_accuracy:
             result.best_val_accuracy = row["val_accuracy"]
             result.best_epoch = epoch
-            on_best(epoch, row["val_accuracy"])
-        if on_epoch is not None:
+            if dist.is_main:
+                on_best(epoch, row["val_accuracy"])
+        if on_epoch is not None and dist.is_main:
             on_epoch(row)
     return result

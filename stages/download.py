@@ -5,7 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ferpipe.data import fetch_raw, write_json  # noqa: E402
+from ferpipe.data import write_json  # noqa: E402
+from ferpipe.raw import fetch_raw  # noqa: E402
 from ferpipe.params import load_params, section, stage_args  # noqa: E402
 
 

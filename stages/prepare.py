@@ -5,8 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ferpipe.data import (class_counts, decode_split, save_split,  # noqa: E402
-                          stratified_split, write_json)
+from ferpipe.data import class_counts, save_split, stratified_split, write_json  # noqa: E402
+from ferpipe.raw import decode_split  # noqa: E402
 from ferpipe.params import load_params, section, stage_args  # noqa: E402
 
 

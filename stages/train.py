@@ -1,6 +1,12 @@
-"""Stage 4, train: ResNet18 with a one-cycle schedule; keeps the best checkpoint by val accuracy."""
+"""Stage 4, train: ResNet18 with a one-cycle schedule; keeps the best checkpoint by val accuracy.
 
+Runs as one process (`python stages/train.py`) or data-parallel under torchrun
+(`torchrun --standalone --nproc_per_node=N stages/train.py`), where rank 0 writes every output.
+"""
+
+import contextlib
 import csv
+import resource
 import sys
 import time
 from pathlib import Path
@@ -15,11 +21,17 @@ from ferpipe.augment import AugmentConfig  # noqa: E402
 from ferpipe.data import CLASS_NAMES, load_split, read_json, write_json  # noqa: E402
 from ferpipe.model import build_model, save_checkpoint  # noqa: E402
 from ferpipe.params import load_params, section, stage_args  # noqa: E402
-from ferpipe.training import StepContext, fit, resolve_amp, resolve_device  # noqa: E402
+from ferpipe.training import (StepContext, all_reduce, fit, init_distributed,  # noqa: E402
+                              resolve_amp, shutdown_distributed)
 
 TRAIN_KEYS = ("data", "stats", "out", "lr", "epochs", "batch_size", "optimizer", "weight_decay",
               "pct_start", "grad_clip", "label_smoothing", "class_weights", "seed", "device",
-              "amp", "channels_last", "experiment")
+              "amp", "channels_last", "compile", "launcher", "experiment")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -39,8 +51,16 @@ def main() -> None:
     aug = AugmentConfig.from_params(section(params, "augment", path=args.params))
     used = {"train": cfg, "model": model_cfg, "augment": section(params, "augment")}
 
-    torch.manual_seed(cfg["seed"])
-    device = resolve_device(cfg["device"])
+    dist, device = init_distributed(cfg["device"])
+    try:
+        train_model(cfg, model_cfg, aug, used, dist, device)
+    finally:
+        shutdown_distributed()
+
+
+def train_model(cfg: dict, model_cfg: dict, aug: AugmentConfig, used: dict, dist, device) -> None:
+    """Build, train and save the model; only rank 0 writes files and logs to MLflow."""
+    torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
     amp = resolve_amp(cfg["amp"], device)
     stats = read_json(cfg["stats"])
     data_dir, out = Path(cfg["data"]), Path(cfg["out"])
@@ -52,14 +72,16 @@ def main() -> None:
         model = model.to(memory_format=torch.channels_last)
     ctx = StepContext(device, stats["mean"], stats["std"], amp, cfg["channels_last"])
     precision = str(amp).removeprefix("torch.") if amp else "fp32"
-    print(f"device {device}, precision {precision}, {len(train['labels'])} train / "
-          f"{len(val['labels'])} val images")
-
-    out.mkdir(parents=True, exist_ok=True)
-    with tracking.start_run(cfg["experiment"], used, {
-            "device": str(device), "precision": precision, "torch_version": torch.__version__}
-    ) as run:
-        tracking.write_run_ref(out / "mlflow_run.json", run, cfg["experiment"])
+    if dist.is_main:
+        print(f"device {device} x {dist.world_size} process(es), precision {precision}, "
+              f"{len(train['labels'])} train / {len(val['labels'])} val images")
+        out.mkdir(parents=True, exist_ok=True)
+    run_context = tracking.start_run(cfg["experiment"], used, {
+        "device": str(device), "precision": precision, "torch_version": torch.__version__,
+        "world_size": str(dist.world_size)}) if dist.is_main else contextlib.nullcontext()
+    with run_context as run:
+        if dist.is_main:
+            tracking.write_run_ref(out / "mlflow_run.json", run, cfg["experiment"])
 
         def on_best(epoch: int, val_accuracy: float) -> None:
             save_checkpoint(out / "model.pt", model, class_names=list(CLASS_NAMES),
@@ -71,22 +93,26 @@ def main() -> None:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
         start = time.perf_counter()
-        result = fit(model, train, val, cfg, aug, ctx, on_best, on_epoch)
+        result = fit(model, train, val, cfg, aug, ctx, on_best, on_epoch, dist)
         wall = time.perf_counter() - start
-
+        # The largest peak over the ranks (each holds its own copy of the arrays).
+        peak = all_reduce(torch.tensor([peak_rss_mb()], dtype=torch.float64, device=device),
+                          dist, op="max").item()
+        if not dist.is_main:
+            return
         write_csv(result.history, Path("metrics/history.csv"))
         write_csv([{"step": i, "lr": lr} for i, lr in enumerate(result.lrs)], Path("metrics/lr.csv"))
         metrics = {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
                    "epochs": len(result.history), "train_minutes": wall / 60,
                    "images_per_s": result.images / result.step_seconds,
+                   "peak_rss_mb": round(peak, 1), "world_size": dist.world_size,
                    "device": str(device), "precision": precision}
         write_json(metrics, "metrics/train.json")
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         mlflow.log_artifact("metrics/history.csv")
         tracking.log_model(out / "model.pt")
     print(f"best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}; "
-          f"{wall / 60:.1f} min")
-
+          f"{wall / 60:.1f} min, peak memory {peak:.0f} MiB")
 
 if __name__ == "__main__":
     main()

@@ -6,9 +6,9 @@ import types
 import numpy as np
 import pytest
 
-from ferpipe.data import (CLASS_NAMES, DataError, canonical_class, decode_split, fetch_raw,
-                          load_split, map_class_folders, pixel_stats, save_split,
+from ferpipe.data import (CLASS_NAMES, DataError, load_split, pixel_stats, save_split,
                           stratified_split)
+from ferpipe.raw import canonical_class, decode_split, fetch_raw, map_class_folders
 from tests.fakedata import make_image_folders, make_zip
 
 

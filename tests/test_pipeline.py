@@ -62,7 +62,14 @@ def repo(tmp_path_factory):
     sh(["git", "add", "-A"], repo, env)
     sh(["git", "commit", "-qm", "init"], repo, env)
     out = sh(["dvc", "repro"], repo, env)
-    return {"path": repo, "env": env, "counts": counts, "repro_log": out}
+    return {"path": repo, "env": env, "counts": counts, "repro_log": out,
+            "outputs": output_files(repo)}
+
+
+def output_files(repo_path):
+    """Every file under models/ and metrics/, relative to the repo."""
+    return sorted(str(p.relative_to(repo_path)) for folder in ("models", "metrics")
+                  for p in (repo_path / folder).rglob("*") if p.is_file())
 
 
 def store_runs(repo_path):
@@ -194,3 +201,24 @@ def test_temp_experiment_logs_into_the_main_store(repo):
     assert "test_accuracy" in newest.data.metrics
     assert newest.info.artifact_uri.startswith((r / "mlartifacts").as_uri())
     assert not list(r.glob(".dvc/tmp/exps/**/mlflow.db"))
+
+
+def test_torchrun_launcher_trains_data_parallel_with_the_same_outputs(repo):
+    """`-S train.launcher=torchrun ...` runs the train stage as 2 gloo processes on the CPU."""
+    r, env = repo["path"], repo["env"]
+    _, runs_before = store_runs(r)
+    single_lrs = len(read_csv(r / "metrics/lr.csv"))
+    launcher = "train.launcher='torchrun --standalone --nproc_per_node=2'"
+    out = sh(["dvc", "exp", "run", "-S", launcher], r, env)
+    assert "torchrun --standalone --nproc_per_node=2 stages/train.py" in out
+    assert output_files(r) == repo["outputs"]
+    train = json.loads((r / "metrics/train.json").read_text())
+    assert train["world_size"] == 2 and train["epochs"] == EPOCHS and train["peak_rss_mb"] > 0
+    assert len(read_csv(r / "metrics/history.csv")) == EPOCHS
+    assert len(read_csv(r / "metrics/lr.csv")) == single_lrs  # global batch: same steps
+    _, runs = store_runs(r)
+    assert len(runs) == len(runs_before) + 1  # rank 0 alone logs
+    newest = max(runs, key=lambda run: run.info.start_time)
+    assert newest.data.tags["world_size"] == "2" and "test_accuracy" in newest.data.metrics
+    ckpt = torch.load(r / "models/model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in ckpt["state_dict"])

@@ -1,11 +1,17 @@
+import json
+import os
+import socket
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from ferpipe import training
 from ferpipe.augment import AugmentConfig
 from ferpipe.model import build_model
-from ferpipe.training import (StepContext, class_weights, evaluate, fit, make_optimizer,
-                              one_cycle, resolve_amp, resolve_device)
+from ferpipe.training import (Dist, StepContext, class_weights, evaluate, fit, make_optimizer,
+                              one_cycle, resolve_amp, resolve_device, shard_indices)
 from tests.fakedata import face_like
 
 CFG = {"lr": 3e-3, "epochs": 3, "batch_size": 16, "optimizer": "adamw", "weight_decay": 0.0,
@@ -89,3 +95,74 @@ def test_evaluate_accuracy_matches_argmax():
     assert out["logits"].shape == (14, 7)
     expected = (out["logits"].argmax(1).numpy() == data["labels"]).mean()
     assert out["accuracy"] == pytest.approx(expected)
+
+
+def test_shard_indices_splits_every_global_batch_disjointly():
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(1))
+    shards = [shard_indices(order, 8, Dist(rank, 2)) for rank in (0, 1)]
+    assert [len(s) for s in shards] == [24, 24]  # 6 global batches of 8, 4 per rank each
+    assert not set(shards[0].tolist()) & set(shards[1].tolist())
+    for step in range(6):  # together, step s is the single-process batch s
+        batch = torch.cat([s[step * 4:(step + 1) * 4] for s in shards])
+        assert batch.tolist() == order[step * 8:(step + 1) * 8].tolist()
+    assert shard_indices(order, 8, Dist()).tolist() == order[:48].tolist()
+    with pytest.raises(ValueError, match="train.batch_size: 9 is not divisible by the 2"):
+        shard_indices(order, 9, Dist(0, 2))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    """One rank of a gloo job: run `fit`, recording the sample indices each epoch trained on."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    dist, device = training.init_distributed("cpu")
+    seen = []
+    real_epoch = training.train_one_epoch
+
+    def recording_epoch(model, images, labels, indices, *args, **kwargs):
+        seen.append(indices.tolist())
+        return real_epoch(model, images, labels, indices, *args, **kwargs)
+
+    training.train_one_epoch = recording_epoch
+    try:
+        torch.manual_seed(0)
+        model = build_model(7, stem="standard")
+        best = []
+        result = fit(model, tiny_split(12, 0), tiny_split(5, 1), {**CFG, "epochs": 2},
+                     AugmentConfig(rotation=5), StepContext(device, 0.4, 0.2),
+                     on_best=lambda e, acc: best.append(e), dist=dist)
+        weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps({
+            "seen": seen, "history": result.history, "n_lrs": len(result.lrs), "best": best,
+            "weights": weights[:200].tolist(), "weight_sum": weights.double().sum().item()}))
+    finally:
+        training.train_one_epoch = real_epoch
+        training.shutdown_distributed()
+
+
+def test_ddp_ranks_train_on_disjoint_shards_and_stay_in_sync(tmp_path):
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    steps = 84 // 16  # tiny_split(12): 84 images, global batch 16
+    order_gen = torch.Generator().manual_seed(CFG["seed"])
+    for epoch in range(2):
+        a, b = (set(r["seen"][epoch]) for r in ranks)
+        assert len(a) == len(b) == steps * 8 and not a & b
+        # Together the ranks see exactly the images a single process would see that epoch.
+        expected = torch.randperm(84, generator=order_gen)[:steps * 16].tolist()
+        assert a | b == set(expected)
+    assert ranks[0]["n_lrs"] == ranks[1]["n_lrs"] == 2 * steps
+    # Gradients were all-reduced: both ranks end with the same weights.
+    assert ranks[0]["weights"] == pytest.approx(ranks[1]["weights"], abs=1e-6)
+    assert ranks[0]["weight_sum"] == pytest.approx(ranks[1]["weight_sum"], rel=1e-6)
+    # Metrics are reduced over ranks: every rank logs the same history; only rank 0 saves.
+    for row0, row1 in zip(ranks[0]["history"], ranks[1]["history"]):
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            assert row0[key] == pytest.approx(row1[key])
+    assert ranks[0]["best"] and ranks[1]["best"] == []
