@@ -1,20 +1,31 @@
-"""The raw FER2013 dataset: fetching the archive, checking its layout, decoding its images.
+"""The raw FER2013 dataset: fetching it, checking its layout, decoding its images.
 
-Data flows one way: archive -> `data/raw/<split>/<class>/*` -> decoded uint8 arrays, which
-`ferpipe.data` saves as `data/prepared/<split>.npz`. Only the download and prepare stages import
-this module, so changing how data is fetched does not invalidate a trained model.
+Data flows one way: source (Kaggle zip, tar, folder) -> `data/raw/images.zip` -> decoded uint8
+arrays, which `ferpipe.data` saves as `data/prepared/<split>.npz`.
+
+`data/raw/images.zip` is the source normalized to `<split>/<class>/<file>` members (canonical split
+and class names, sorted, uncompressed, fixed timestamps: the same source gives the same bytes). One
+file instead of FER2013's 35,887 small ones keeps the download stage and DVC's hashing, caching and
+removing of its output fast; the JPEG bytes are copied as they are and decoded once, by prepare.
+Only the download and prepare stages import this module, so changing how data is fetched does not
+invalidate a trained model.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import urllib.request
 import zipfile
-from pathlib import Path
+from concurrent.futures import ProcessPoolExecutor
+from io import BytesIO
+from pathlib import Path, PurePosixPath
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -38,6 +49,10 @@ SPLIT_ALIASES: dict[str, str] = {
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+
+#: The download stage's output file inside `download.out`.
+RAW_ARCHIVE = "images.zip"
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 # --------------------------------------------------------------------------- class names
 
@@ -137,100 +152,143 @@ def _is_archive(path: Path) -> bool:
     return path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def _safe_extract(archive: Path, dest: Path) -> None:
-    """Unpack a zip or tar archive into `dest`, refusing members that would land outside it.
-
-    Raises:
-        DataError: the archive is unreadable or has a member with an absolute path or `..`.
-    """
-    try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                for member in zf.namelist():
-                    parts = Path(member).parts
-                    if Path(member).is_absolute() or ".." in parts:
-                        raise DataError(f"{archive}: unsafe member path '{member}'")
-                zf.extractall(dest)
-        elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as tf:
-                tf.extractall(dest, filter="data")
-        else:
-            raise DataError(f"{archive}: not a zip or tar archive")
-    except (tarfile.TarError, zipfile.BadZipFile, OSError) as err:
-        raise DataError(f"{archive}: cannot unpack: {err}") from err
+def _check_member_name(name: str, where: Path) -> PurePosixPath:
+    """The member's path, refusing absolute paths and `..` (they would land outside the target)."""
+    member = PurePosixPath(name.replace("\\", "/"))
+    if member.is_absolute() or ".." in member.parts or re.match(r"^[A-Za-z]:", name):
+        raise DataError(f"{where}: unsafe member path '{name}'")
+    return member
 
 
-def find_split_root(folder: Path, max_depth: int = 3) -> Path:
-    """Find the folder that holds the split folders (`train/`, `test/`, ...) under `folder`.
-
-    The Kaggle copies put `train/` and `test/` at the top or under one or two wrapping folders.
-
-    Raises:
-        DataError: no folder within `max_depth` levels has a `train` folder.
-    """
-    level = [folder]
-    for _ in range(max_depth + 1):
-        for candidate in level:
-            children = [p for p in candidate.iterdir() if p.is_dir()]
-            if any(SPLIT_ALIASES.get(c.name.lower()) == "train" for c in children):
-                return candidate
-        level = [c for p in level for c in p.iterdir() if c.is_dir()]
-    raise DataError(f"{folder}: no train/ folder found (expected train/<class>/ and test/<class>/)")
-
-
-def normalize_layout(source: Path, dest: Path, move: bool) -> dict[str, dict[str, int]]:
-    """Copy (or move) the images under `source` into `dest/<split>/<class>/`.
-
-    Args:
-        source: a folder holding train/ and test/ (and optionally val/) with class folders.
-        dest: the normalized output folder; must not exist yet.
-        move: move files instead of copying (only for a temporary extraction folder).
+def list_files(source: Path) -> dict[PurePosixPath, Callable[[], bytes]]:
+    """Every regular file in a zip, a tar (.tar, .tar.gz) or a folder, with a reader for its bytes.
 
     Returns:
-        Image counts per split and class.
+        {path relative to the source root: zero-argument function returning the file's bytes}.
 
     Raises:
-        DataError: train or test is missing, a class folder has an unknown name, or a split has
-            no images.
+        DataError: unreadable archive, a member with an absolute path or `..`, or a link member
+            (symlinks and hardlinks are refused, not followed).
     """
-    root = find_split_root(source)
-    splits: dict[str, Path] = {}
-    for child in sorted(p for p in root.iterdir() if p.is_dir()):
-        split = SPLIT_ALIASES.get(child.name.lower())
-        if split:
-            splits[split] = child
+    files: dict[PurePosixPath, Callable[[], bytes]] = {}
+    try:
+        if source.is_dir():
+            for path in sorted(source.rglob("*")):
+                if path.is_file() and not path.is_symlink():
+                    files[PurePosixPath(path.relative_to(source).as_posix())] = path.read_bytes
+        elif zipfile.is_zipfile(source):
+            zf = zipfile.ZipFile(source)
+            for info in zf.infolist():
+                member = _check_member_name(info.filename, source)
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise DataError(f"{source}: member '{info.filename}' is a symlink")
+                if not info.is_dir():
+                    files[member] = lambda info=info: zf.read(info)
+        elif tarfile.is_tarfile(source):
+            # Read in stream order: random access into a .tar.gz re-decompresses from the start.
+            with tarfile.open(source) as tf:
+                for info in tf:
+                    member = _check_member_name(info.name, source)
+                    if info.issym() or info.islnk():
+                        raise DataError(f"{source}: member '{info.name}' is a link")
+                    if info.isfile():
+                        data = tf.extractfile(info).read()
+                        files[member] = lambda data=data: data
+        else:
+            raise DataError(f"{source}: expected a .zip, .tar or .tar.gz archive or a folder")
+    except (tarfile.TarError, zipfile.BadZipFile, OSError) as err:
+        raise DataError(f"{source}: cannot read: {err}") from err
+    return files
+
+
+def find_layout(paths: list[PurePosixPath], where: Path, max_depth: int = 3
+                ) -> dict[PurePosixPath, tuple[str, str]]:
+    """Map each image file of a FER2013 image-folder copy to its (split, class).
+
+    The split folders (`train/`, `test/`, optionally `val/`, any spelling in SPLIT_ALIASES) are
+    found at the top or under up to `max_depth` wrapping folders (`archive/`, `fer2013/` ...);
+    images sit in `<split>/<class>/`. Files that are not images (by suffix) are ignored.
+
+    Raises:
+        DataError: no train/ folder, no test/ folder, an unknown class folder, or an empty split.
+    """
+    by_root: dict[PurePosixPath, dict[str, dict[str, list[PurePosixPath]]]] = {}
+    for path in paths:
+        if path.suffix.lower() not in IMAGE_SUFFIXES or len(path.parts) < 3:
+            continue
+        root, split_dir, class_dir = path.parents[2], path.parts[-3], path.parts[-2]
+        if len(root.parts) <= max_depth and split_dir.lower() in SPLIT_ALIASES:
+            by_root.setdefault(root, {}).setdefault(split_dir, {}).setdefault(
+                class_dir, []).append(path)
+    roots = sorted((r for r, splits in by_root.items()
+                    if any(SPLIT_ALIASES[s.lower()] == "train" for s in splits)),
+                   key=lambda r: len(r.parts))
+    if not roots:
+        raise DataError(f"{where}: no train/ folder found (expected train/<class>/ and "
+                        f"test/<class>/, at the top or under up to {max_depth} folders)")
+    root = roots[0]
+    splits = {SPLIT_ALIASES[s.lower()]: (s, classes) for s, classes in by_root[root].items()}
     for required in ("train", "test"):
         if required not in splits:
-            raise DataError(f"{root}: no {required}/ split folder; found {sorted(splits)}")
-    counts: dict[str, dict[str, int]] = {}
-    transfer = shutil.move if move else shutil.copy2
-    for split, split_dir in splits.items():
-        class_dirs = [p for p in split_dir.iterdir() if p.is_dir()]
-        mapping = map_class_folders([p.name for p in class_dirs], str(split_dir))
-        counts[split] = {}
-        for class_dir in class_dirs:
-            cls = mapping[class_dir.name]
-            out = dest / split / cls
-            out.mkdir(parents=True, exist_ok=True)
-            files = [f for f in class_dir.iterdir()
-                     if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
-            for f in files:
-                transfer(str(f), str(out / f.name))
-            counts[split][cls] = len(files)
-        if sum(counts[split].values()) == 0:
-            raise DataError(f"{split_dir}: split '{split}' has no images")
+            raise DataError(f"{where}/{root}: no {required}/ split folder; found "
+                            f"{sorted(splits)}")
+    layout: dict[PurePosixPath, tuple[str, str]] = {}
+    for split, (split_dir, classes) in splits.items():
+        mapping = map_class_folders(sorted(classes), f"{where}/{root / split_dir}")
+        for class_dir, files in classes.items():
+            for path in files:
+                layout[path] = (split, mapping[class_dir])
+    return layout
+
+
+def write_raw_archive(source: Path, dest: Path) -> dict[str, dict[str, int]]:
+    """Normalize a FER2013 copy (zip, tar, folder) into the uncompressed zip `dest`.
+
+    Members are `<split>/<class>/<file name>` with canonical names, in sorted order, with fixed
+    timestamps, so the same images give the same bytes. `dest` is written to a temp name first.
+
+    Returns:
+        Image counts per split and class (every canonical class listed, zeros included).
+
+    Raises:
+        DataError: see `list_files` and `find_layout`; two files that normalize to one name.
+    """
+    files = list_files(source)
+    layout = find_layout(list(files), source)
+    entries: dict[str, PurePosixPath] = {}
+    for path, (split, cls) in layout.items():
+        name = f"{split}/{cls}/{path.name}"
+        if name in entries:
+            raise DataError(f"{source}: '{entries[name]}' and '{path}' both become '{name}'")
+        entries[name] = path
+    counts = {split: {cls: 0 for cls in CLASS_NAMES}
+              for split in sorted({s for s, _ in layout.values()})}
+    tmp = dest.with_name(dest.name + ".tmp")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as out:
+            for name in sorted(entries):
+                info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+                info.external_attr = 0o644 << 16
+                out.writestr(info, files[entries[name]]())
+                split, cls = layout[entries[name]]
+                counts[split][cls] += 1
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(dest)
     return counts
 
 
-def fetch_raw(source: str, local_archive: Path, dest: Path, sha256: str | None = None,
-              workdir: Path | None = None) -> dict[str, dict[str, int]]:
-    """Fetch FER2013 and unpack it into `dest` in the normalized layout.
+def fetch_raw(source: str, local_archive: Path, dest: Path, sha256: str | None = None
+              ) -> dict[str, dict[str, int]]:
+    """Fetch FER2013 and write it to `dest/images.zip` in the normalized layout.
 
     `local_archive` is looked at first (as torchvision datasets check their root before
     downloading): if it exists it is used and the network is not touched. Otherwise `source` is
     `kaggle:<owner>/<dataset>` (through kagglehub), an `http(s)://` URL (saved to
-    `local_archive`), or a local archive (zip, tar, tar.gz) or folder. `dest` is written
-    atomically: it is replaced only after the whole layout is built beside it.
+    `local_archive`), or a local archive (zip, tar, tar.gz) or folder. `dest` is replaced only
+    after the new archive is complete; the source is never modified.
 
     Returns:
         Image counts per split and class.
@@ -239,8 +297,6 @@ def fetch_raw(source: str, local_archive: Path, dest: Path, sha256: str | None =
         DataError: the download failed (with where to put the archive to work offline), the
             sha256 does not match, or the layout is not FER2013's.
     """
-    workdir = Path(workdir or dest.parent)
-    workdir.mkdir(parents=True, exist_ok=True)
     if local_archive.exists():
         print(f"using local copy {local_archive}")
         path = local_archive
@@ -266,31 +322,25 @@ def fetch_raw(source: str, local_archive: Path, dest: Path, sha256: str | None =
     elif sha256:
         print(f"note: {path} is a folder; download.sha256 applies to archives and is skipped")
 
-    with tempfile.TemporaryDirectory(dir=workdir, prefix=".unpack-") as tmp:
-        tmp = Path(tmp)
-        if path.is_file():
-            if not _is_archive(path) and not zipfile.is_zipfile(path):
-                raise DataError(f"{path}: expected a .zip, .tar or .tar.gz archive")
-            _safe_extract(path, tmp / "src")
-            counts = normalize_layout(tmp / "src", tmp / "out", move=True)
-        else:
-            counts = normalize_layout(path, tmp / "out", move=False)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
+        counts = write_raw_archive(path, Path(tmp) / "raw" / RAW_ARCHIVE)
         if dest.exists():
             shutil.rmtree(dest)
-        (tmp / "out").replace(dest)
+        (Path(tmp) / "raw").replace(dest)
     return counts
 
 
 # --------------------------------------------------------------------------- prepare
 
 
-def decode_image(path: Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray, bool]:
-    """Decode one image to grayscale `size` x `size`.
+def decode_image(data: bytes, size: int = IMAGE_SIZE) -> tuple[np.ndarray, bool]:
+    """Decode one encoded image (JPEG, PNG ...) to grayscale `size` x `size` pixels.
 
     Returns:
         (uint8 array of shape (size, size), whether it had to be converted or resized).
     """
-    with Image.open(path) as img:
+    with Image.open(BytesIO(data)) as img:
         converted = img.mode != "L" or img.size != (size, size)
         img = img.convert("L")
         if img.size != (size, size):
@@ -298,29 +348,59 @@ def decode_image(path: Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray, bool]:
         return np.asarray(img, dtype=np.uint8), converted
 
 
-def decode_split(split_dir: Path, size: int = IMAGE_SIZE) -> tuple[dict[str, np.ndarray], int]:
-    """Decode every image of one split folder (`<split>/<class>/*`), in a stable order.
+def _decode_members(archive: str, names: list[str], size: int) -> tuple[np.ndarray, int]:
+    """Decode `names` from the zip `archive` (run in a worker process)."""
+    with zipfile.ZipFile(archive) as zf:
+        decoded = [decode_image(zf.read(name), size) for name in names]
+    return (np.stack([pixels for pixels, _ in decoded]) if decoded
+            else np.empty((0, size, size), np.uint8), sum(c for _, c in decoded))
+
+
+def decode_archive(archive: Path, size: int = IMAGE_SIZE, workers: int | None = None
+                   ) -> dict[str, tuple[dict[str, np.ndarray], int]]:
+    """Decode every image of `data/raw/images.zip`, split by split, in a stable order.
+
+    Images are ordered by class (CLASS_NAMES order), then file name, and decoded by `workers`
+    processes (default: one per CPU core).
 
     Returns:
-        (arrays, converted): `images` uint8 (N, size, size), `labels` int64 (N,) indexing
-        CLASS_NAMES, `files` str (N,) paths relative to the split folder; and how many images
+        {split: (arrays, converted)}: `images` uint8 (N, size, size), `labels` int64 (N,)
+        indexing CLASS_NAMES, `files` str (N,) as `<class>/<file name>`; and how many images
         were converted to grayscale or resized.
 
     Raises:
-        DataError: the split has no images.
+        DataError: the archive is missing or unreadable, or train or test has no images.
     """
-    images, labels, files, converted = [], [], [], 0
-    for label, cls in enumerate(CLASS_NAMES):
-        class_dir = split_dir / cls
-        if not class_dir.is_dir():
-            continue
-        for f in sorted(class_dir.iterdir()):
-            pixels, was_converted = decode_image(f, size)
-            images.append(pixels)
-            labels.append(label)
-            files.append(f"{cls}/{f.name}")
-            converted += was_converted
-    if not images:
-        raise DataError(f"{split_dir}: no images")
-    return {"images": np.stack(images), "labels": np.asarray(labels, dtype=np.int64),
-            "files": np.asarray(files)}, converted
+    if not archive.is_file():
+        raise DataError(f"{archive}: not found (run the download stage)")
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = [n for n in zf.namelist() if not n.endswith("/")]
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DataError(f"{archive}: cannot read: {err}") from err
+    order = {cls: i for i, cls in enumerate(CLASS_NAMES)}
+    members: dict[str, list[tuple[int, str, str]]] = {}
+    for name in names:
+        split, cls, file = name.split("/", 2)
+        members.setdefault(split, []).append((order[cls], file, name))
+    workers = workers or os.cpu_count() or 1
+    out = {}
+    with ProcessPoolExecutor(workers) as pool:
+        for split, items in sorted(members.items()):
+            items.sort()
+            chunks = [items[i::workers] for i in range(workers)]
+            results = list(pool.map(_decode_members, [str(archive)] * workers,
+                                    [[n for _, _, n in chunk] for chunk in chunks],
+                                    [size] * workers))
+            images = np.empty((len(items), size, size), np.uint8)
+            for w, (pixels, _) in enumerate(results):
+                images[w::workers] = pixels
+            out[split] = ({"images": images,
+                           "labels": np.asarray([label for label, _, _ in items], np.int64),
+                           "files": np.asarray([f"{CLASS_NAMES[label]}/{file}"
+                                                for label, file, _ in items])},
+                          sum(c for _, c in results))
+    for required in ("train", "test"):
+        if required not in out:
+            raise DataError(f"{archive}: no images in split '{required}'")
+    return out

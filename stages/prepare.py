@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ferpipe.data import class_counts, save_split, stratified_split, write_json  # noqa: E402
-from ferpipe.raw import decode_split  # noqa: E402
+from ferpipe.raw import RAW_ARCHIVE, decode_archive  # noqa: E402
 from ferpipe.params import load_params, section, stage_args  # noqa: E402
 
 
@@ -15,15 +15,15 @@ def main() -> None:
     cfg = section(load_params(args.params), "prepare",
                   required=("raw", "out", "val_fraction", "seed", "image_size"), path=args.params)
     raw, out = Path(cfg["raw"]), Path(cfg["out"])
-    splits, converted = {}, {}
-    for split in ("train", "val", "test"):
-        if (raw / split).is_dir():
-            splits[split], converted[split] = decode_split(raw / split, cfg["image_size"])
+    decoded = decode_archive(raw / RAW_ARCHIVE, cfg["image_size"])
+    splits = {split: arrays for split, (arrays, _) in decoded.items()}
+    converted = {split: n for split, (_, n) in decoded.items()}
     if "val" not in splits:
         splits["train"], splits["val"] = stratified_split(splits["train"], cfg["val_fraction"],
                                                           cfg["seed"])
     report = {}
-    for split, arrays in splits.items():
+    for split in ("train", "val", "test"):
+        arrays = splits[split]
         save_split(arrays, out / f"{split}.npz")
         counts = class_counts(arrays["labels"])
         report[split] = {"images": len(arrays["labels"]), "converted": converted.get(split, 0),

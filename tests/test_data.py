@@ -1,14 +1,17 @@
 import hashlib
 import shutil
 import sys
+import tarfile
 import types
+import zipfile
 
 import numpy as np
 import pytest
 
 from ferpipe.data import (CLASS_NAMES, DataError, load_split, pixel_stats, save_split,
                           stratified_split)
-from ferpipe.raw import canonical_class, decode_split, fetch_raw, map_class_folders
+from ferpipe.raw import (RAW_ARCHIVE, canonical_class, decode_archive, fetch_raw,
+                         map_class_folders)
 from tests.fakedata import make_image_folders, make_zip
 
 
@@ -52,6 +55,11 @@ def test_pixel_stats_match_numpy():
     assert stats["pixels"] == images.size
 
 
+def members(raw_dir):
+    with zipfile.ZipFile(raw_dir / RAW_ARCHIVE) as zf:
+        return zf.namelist()
+
+
 def test_fetch_zip_with_wrapper_and_odd_class_names(tmp_path):
     rename = {"angry": "Angry", "happy": "happiness", "sad": "Sadness"}
     make_image_folders(tmp_path / "src", n_train=3, n_test=2, class_dirs=rename)
@@ -59,17 +67,49 @@ def test_fetch_zip_with_wrapper_and_odd_class_names(tmp_path):
     counts = fetch_raw("kaggle:nobody/nothing", archive, tmp_path / "raw",
                        sha256=hashlib.sha256(archive.read_bytes()).hexdigest())
     assert counts["train"] == {c: 3 for c in CLASS_NAMES}
-    assert sorted(p.name for p in (tmp_path / "raw/train").iterdir()) == list(CLASS_NAMES)
-    assert len(list((tmp_path / "raw/test/happy").iterdir())) == 2
+    assert counts["test"] == {c: 2 for c in CLASS_NAMES}
+    names = members(tmp_path / "raw")
+    assert names == sorted(names) and len(names) == 7 * 5
+    assert "train/angry/train_angry_0.jpg" in names and "test/happy/test_happy_1.jpg" in names
+    assert [p.name for p in (tmp_path / "raw").iterdir()] == [RAW_ARCHIVE]
     assert archive.exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".unpack")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".download")] == []
 
 
-def test_fetch_from_folder_copies_and_keeps_the_source(tmp_path):
+def test_same_images_give_the_same_raw_archive_from_zip_tar_or_folder(tmp_path):
     make_image_folders(tmp_path / "src", n_train=2, n_test=1)
-    fetch_raw(str(tmp_path / "src"), tmp_path / "missing.zip", tmp_path / "raw")
-    assert len(list((tmp_path / "raw/train/fear").iterdir())) == 2
-    assert len(list((tmp_path / "src/train/fear").iterdir())) == 2
+    zipped = make_zip(tmp_path / "src", tmp_path / "fer.zip", prefix="fer2013/")
+    tarred = tmp_path / "fer.tar.gz"
+    with tarfile.open(tarred, "w:gz") as tf:
+        tf.add(tmp_path / "src", arcname="Dataset/archive")
+    digests = set()
+    for i, source in enumerate((zipped, tarred, tmp_path / "src")):
+        fetch_raw(str(source), tmp_path / "none.zip", tmp_path / f"raw{i}")
+        digests.add(hashlib.sha256((tmp_path / f"raw{i}" / RAW_ARCHIVE).read_bytes()).hexdigest())
+    assert len(digests) == 1
+    assert len(list((tmp_path / "src/train/fear").iterdir())) == 2  # the source is kept
+
+
+@pytest.mark.parametrize("bad", ["../evil.jpg", "/abs/evil.jpg"])
+def test_unsafe_member_paths_are_refused_and_nothing_is_written(tmp_path, bad):
+    make_image_folders(tmp_path / "src", n_train=1, n_test=1)
+    archive = make_zip(tmp_path / "src", tmp_path / "fer.zip")
+    with zipfile.ZipFile(archive, "a") as zf:
+        zf.writestr(bad, b"x")
+    with pytest.raises(DataError, match=f"unsafe member path '{bad}'"):
+        fetch_raw(str(archive), tmp_path / "none.zip", tmp_path / "raw")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fer.zip", "src"]
+
+
+def test_symlink_members_are_refused(tmp_path):
+    make_image_folders(tmp_path / "src", n_train=1, n_test=1)
+    archive = make_zip(tmp_path / "src", tmp_path / "fer.zip")
+    link = zipfile.ZipInfo("train/happy/link.jpg")
+    link.external_attr = (0o120777 << 16)
+    with zipfile.ZipFile(archive, "a") as zf:
+        zf.writestr(link, "/etc/passwd")
+    with pytest.raises(DataError, match="'train/happy/link.jpg' is a symlink"):
+        fetch_raw(str(archive), tmp_path / "none.zip", tmp_path / "raw")
 
 
 def test_sha256_mismatch_shows_both_hashes(tmp_path):
@@ -106,18 +146,26 @@ def test_missing_test_split_is_named(tmp_path):
         fetch_raw(str(tmp_path / "src"), tmp_path / "x.zip", tmp_path / "raw")
 
 
-def test_decode_converts_rgb_and_resizes(tmp_path):
+def test_decode_archive_converts_rgb_resizes_and_orders_by_class_then_name(tmp_path):
     from PIL import Image
-    (tmp_path / "happy").mkdir()
-    Image.new("RGB", (64, 64), (255, 0, 0)).save(tmp_path / "happy/a.png")
-    Image.new("L", (48, 48), 7).save(tmp_path / "happy/b.png")
-    arrays, converted = decode_split(tmp_path)
-    assert arrays["images"].shape == (2, 48, 48) and arrays["images"].dtype == np.uint8
+    src = tmp_path / "src"
+    make_image_folders(src, n_train=1, n_test=1)
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(src / "train/happy/b.png")
+    Image.new("L", (48, 48), 7).save(src / "train/happy/a.png")
+    fetch_raw(str(src), tmp_path / "none.zip", tmp_path / "raw")
+    decoded = decode_archive(tmp_path / "raw" / RAW_ARCHIVE, workers=2)
+    assert sorted(decoded) == ["test", "train"]
+    arrays, converted = decoded["train"]
+    assert arrays["images"].shape == (9, 48, 48) and arrays["images"].dtype == np.uint8
     assert converted == 1
-    assert arrays["labels"].tolist() == [3, 3] and arrays["files"].tolist() == ["happy/a.png",
-                                                                               "happy/b.png"]
-    assert arrays["images"][1].max() == 7
-    save_split(arrays, tmp_path / "out/test.npz")
-    loaded = load_split(tmp_path / "out/test.npz")
+    assert arrays["labels"].tolist() == [0, 1, 2, 3, 3, 3, 4, 5, 6]
+    assert arrays["files"][3:6].tolist() == ["happy/a.png", "happy/b.png", "happy/train_happy_0.jpg"]
+    assert arrays["images"][3].max() == 7
+    red = np.asarray(Image.new("RGB", (48, 48), (255, 0, 0)).convert("L"))
+    assert abs(int(arrays["images"][4].mean()) - int(red.mean())) <= 1
+    single, _ = decode_archive(tmp_path / "raw" / RAW_ARCHIVE, workers=1)["train"]
+    assert np.array_equal(single["images"], arrays["images"])
+    save_split(arrays, tmp_path / "out/train.npz")
+    loaded = load_split(tmp_path / "out/train.npz")
     assert np.array_equal(loaded["images"], arrays["images"])
     assert loaded["labels"].dtype == np.int64

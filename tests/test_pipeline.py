@@ -87,7 +87,7 @@ def test_repro_writes_sane_outputs(repo):
     r = repo["path"]
     for stage in ("download", "prepare", "stats", "train", "evaluate", "plot"):
         assert f"Running stage '{stage}'" in repo["repro_log"]
-    assert sorted(p.name for p in (r / "data/raw").iterdir()) == ["test", "train"]
+    assert [p.name for p in (r / "data/raw").iterdir()] == ["images.zip"]
     data = json.loads((r / "metrics/data.json").read_text())
     assert data["train"]["images"] + data["val"]["images"] == repo["counts"]["train"]
     assert data["test"]["images"] == repo["counts"]["test"]
