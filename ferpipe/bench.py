@@ -1,0 +1,329 @@
+"""Training-speed benchmark: `python -m ferpipe.bench [--batches N]`.
+
+Measures, in one run, with the device, precision, batch size and model that `params.yaml` gives
+the train stage:
+
+1. bare: images/s of the train step alone (`training.train_step`: forward, loss, backward,
+   optimizer step) on one ready, normalized batch already on the device;
+2. pipeline: images/s of the project's own loop (`training.train_one_epoch`) over the real
+   prepared arrays, augmentation, indexing and the LR schedule included;
+3. baseline: images/s of the per-image approach common FER projects use: torchvision
+   `ImageFolder` over the unpacked training JPEGs, per-image PIL transforms (flip, rotation,
+   colour jitter, `ToTensor`, `Normalize`) in a `DataLoader` with worker processes, feeding the
+   same model through the same `train_step`;
+
+then the ratios pipeline / bare and pipeline / baseline, the peak resident memory of the process
+after bare + pipeline (real arrays, model, optimizer: what the train stage holds), the wall time of
+the data stages (download from the local archive, prepare, stats) run in a temporary folder, and
+optionally the time of a no-op `dvc repro`. Bare, pipeline and baseline are measured in turns
+(`--rounds`) so drifting machine speed hits all three alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ferpipe.augment import AugmentConfig, normalize
+from ferpipe.data import CLASS_NAMES, load_split, pixel_stats, read_json
+from ferpipe.model import build_model
+from ferpipe.params import load_params, section
+from ferpipe.raw import RAW_ARCHIVE
+from ferpipe.training import (StepContext, make_optimizer, one_cycle, resolve_amp,
+                              resolve_device, train_one_epoch, train_step, wrap_model)
+
+ROOT = Path(__file__).resolve().parents[1]
+WARMUP = 2  # batches run before each timed part (allocator, autotuning, worker start-up)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings are real."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Setup:
+    """Model, optimizer, loss and step context built as the train stage builds them."""
+
+    def __init__(self, params: dict[str, Any], amp: str | None, stem: str | None) -> None:
+        self.train = section(params, "train")
+        model_cfg = section(params, "model")
+        self.aug = AugmentConfig.from_params(section(params, "augment"))
+        self.device = resolve_device(self.train["device"])
+        self.amp = resolve_amp(amp or self.train["amp"], self.device)
+        self.stem = stem or model_cfg["stem"]
+        self.batch = int(self.train["batch_size"])
+        torch.manual_seed(0)
+        model = build_model(len(CLASS_NAMES), stem=self.stem, hidden=model_cfg["hidden"],
+                            dropout=model_cfg["dropout"]).to(self.device)
+        if self.train["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.net = wrap_model(model, self.device, compile=bool(self.train.get("compile")))
+        self.optimizer = make_optimizer(model, self.train["optimizer"], self.train["lr"],
+                                        self.train["weight_decay"])
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.train["label_smoothing"])
+        self.grad_clip = float(self.train["grad_clip"])
+
+    @property
+    def precision(self) -> str:
+        return str(self.amp).removeprefix("torch.") if self.amp else "fp32"
+
+
+def bare(s: Setup, ctx: StepContext, x: torch.Tensor, y: torch.Tensor, batches: int) -> float:
+    """images/s of `train_step` on one ready batch; x uint8 (B, 48, 48), y int64 (B,)."""
+    xb = ctx.prepare(normalize(x.to(s.device), ctx.mean, ctx.std))
+    yb = y.to(s.device)
+    s.net.train()
+    for _ in range(WARMUP):
+        train_step(s.net, xb, yb, s.optimizer, s.loss_fn, ctx, s.grad_clip)
+    sync(s.device)
+    start = time.perf_counter()
+    for _ in range(batches):
+        train_step(s.net, xb, yb, s.optimizer, s.loss_fn, ctx, s.grad_clip)
+    sync(s.device)
+    return batches * len(yb) / (time.perf_counter() - start)
+
+
+def pipeline(s: Setup, ctx: StepContext, images: torch.Tensor, labels: torch.Tensor,
+             batches: int, gen: torch.Generator) -> float:
+    """images/s of `train_one_epoch` over `batches` random batches of the real arrays."""
+    scheduler = one_cycle(s.optimizer, s.train["lr"], 10 ** 6, s.train["pct_start"])
+    order = torch.randperm(len(labels), generator=gen, device=s.device)
+    train_one_epoch(s.net, images, labels, order[:WARMUP * s.batch], s.optimizer, scheduler,
+                    s.loss_fn, ctx, s.aug, s.batch, gen, s.grad_clip, desc="warm-up")
+    stats = train_one_epoch(s.net, images, labels,
+                            order[WARMUP * s.batch:(WARMUP + batches) * s.batch], s.optimizer,
+                            scheduler, s.loss_fn, ctx, s.aug, s.batch, gen, s.grad_clip,
+                            desc="pipeline")
+    return stats["images_per_s"]
+
+
+def baseline_loader(folder: Path, s: Setup, mean: float, std: float, workers: int):
+    """The per-image loader of a typical FER notebook, as a DataLoader over `folder`."""
+    from torchvision import datasets, transforms
+
+    aug = s.aug
+    tf = transforms.Compose([
+        transforms.Grayscale(num_output_channels=1),  # ImageFolder opens images as RGB
+        transforms.RandomHorizontalFlip(aug.hflip),
+        transforms.RandomRotation(aug.rotation),
+        transforms.ColorJitter(brightness=aug.brightness, contrast=aug.contrast),
+        transforms.ToTensor(),
+        transforms.Normalize([mean], [std]),
+    ])
+    dataset = datasets.ImageFolder(str(folder), transform=tf)
+    return torch.utils.data.DataLoader(dataset, batch_size=s.batch, shuffle=True,
+                                       num_workers=workers, drop_last=True,
+                                       pin_memory=s.device.type == "cuda")
+
+
+def forever(loader):
+    """Batches from `loader`, epoch after epoch (a small dataset must not run dry)."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("train.batch_size: larger than the training images the "
+                             "baseline loader found")
+
+
+def baseline(s: Setup, ctx: StepContext, loader_iter, batches: int) -> float:
+    """images/s of `train_step` fed by the per-image DataLoader."""
+    s.net.train()
+
+    def step() -> int:
+        x, y = next(loader_iter)
+        x = ctx.prepare(x.to(s.device, non_blocking=True))
+        train_step(s.net, x, y.to(s.device, non_blocking=True), s.optimizer, s.loss_fn, ctx,
+                   s.grad_clip)
+        return len(y)
+
+    for _ in range(WARMUP):
+        step()
+    sync(s.device)
+    start = time.perf_counter()
+    seen = sum(step() for _ in range(batches))
+    sync(s.device)
+    return seen / (time.perf_counter() - start)
+
+
+def loader_only(loader_iter, batches: int) -> float:
+    """images/s of the per-image DataLoader alone (no model)."""
+    next(loader_iter)
+    start = time.perf_counter()
+    seen = sum(len(next(loader_iter)[1]) for _ in range(batches))
+    return seen / (time.perf_counter() - start)
+
+
+def augment_only(s: Setup, ctx: StepContext, images: torch.Tensor, batches: int,
+                 gen: torch.Generator) -> float:
+    """images/s of the project's whole-batch augmentation alone (no model)."""
+    from ferpipe.augment import augment_batch
+
+    idx = torch.randint(len(images), (batches, s.batch), generator=gen, device=s.device)
+    augment_batch(images[idx[0]], s.aug, ctx.mean, ctx.std, gen)
+    sync(s.device)
+    start = time.perf_counter()
+    for i in range(batches):
+        ctx.prepare(augment_batch(images[idx[i]], s.aug, ctx.mean, ctx.std, gen))
+    sync(s.device)
+    return batches * s.batch / (time.perf_counter() - start)
+
+
+def data_stages(params_path: Path, archive: Path) -> dict[str, float]:
+    """Wall seconds of `python stages/{download,prepare,stats}.py` in a fresh temp folder, with
+    the local archive as the source (each stage a new process, as DVC runs it)."""
+    params = load_params(params_path)
+    params["download"]["local_archive"] = str(archive.resolve())
+    seconds = {}
+    with tempfile.TemporaryDirectory(prefix="ferpipe-bench-") as tmp:
+        (Path(tmp) / "params.yaml").write_text(json.dumps(params))  # JSON is valid YAML
+        for stage in ("download", "prepare", "stats"):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py")], cwd=tmp,
+                           check=True, stdout=subprocess.DEVNULL)
+            seconds[stage] = time.perf_counter() - start
+    seconds["total"] = sum(seconds.values())
+    return seconds
+
+
+def noop_repro_seconds() -> float | None:
+    """Seconds of `dvc repro` when `dvc status` says nothing changed; None if something did
+    (then a repro would train, which is not a benchmark)."""
+    status = subprocess.run(["dvc", "status", "--json"], cwd=ROOT, capture_output=True,
+                            text=True)
+    if status.returncode != 0 or json.loads(status.stdout or "{}"):
+        return None
+    start = time.perf_counter()
+    subprocess.run(["dvc", "repro"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the figures and return them.
+
+    Raises:
+        ferpipe.data.DataError: the prepared arrays or the raw archive are missing (run
+            `dvc repro prepare` first).
+        ValueError: the training split is too small for `--batches` batches of train.batch_size.
+    """
+    p = argparse.ArgumentParser(prog="python -m ferpipe.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--params", type=Path, default=Path("params.yaml"),
+                   help="params file (default: params.yaml in the working directory)")
+    p.add_argument("--batches", type=int, default=10, help="timed batches per part per round")
+    p.add_argument("--rounds", type=int, default=2, help="turns of bare/pipeline/baseline")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"],
+                   help="override train.amp (e.g. compare none with bf16)")
+    p.add_argument("--stem", help="override model.stem")
+    p.add_argument("--channels-last", choices=["true", "false"],
+                   help="override train.channels_last")
+    p.add_argument("--workers", type=int, default=os.cpu_count(),
+                   help="DataLoader worker processes for the baseline (default: CPU cores)")
+    p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--skip-data", action="store_true", help="skip timing the data stages")
+    p.add_argument("--noop-repro", action="store_true",
+                   help="also time a no-op `dvc repro` (only if `dvc status` is clean)")
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+
+    params = load_params(args.params)
+    if args.channels_last:
+        params["train"]["channels_last"] = args.channels_last == "true"
+    s = Setup(params, args.amp, args.stem)
+    train = load_split(Path(s.train["data"]) / "train.npz")
+    if s.batch * (args.batches + WARMUP) > len(train["labels"]):
+        raise ValueError(f"train.batch_size {s.batch} x {args.batches + WARMUP} batches is more "
+                         f"than the {len(train['labels'])} training images; use fewer --batches")
+    stats_path = Path(s.train["stats"])
+    stats = read_json(stats_path) if stats_path.is_file() else pixel_stats(train["images"])
+    ctx = StepContext(s.device, stats["mean"], stats["std"], s.amp, s.train["channels_last"])
+    images = torch.from_numpy(train["images"]).to(s.device)
+    labels = torch.from_numpy(train["labels"]).to(s.device)
+    gen = torch.Generator(device=s.device).manual_seed(0)
+    fixed = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))[:s.batch]
+    print(f"device {s.device}, precision {s.precision}, stem {s.stem}, batch {s.batch}, "
+          f"channels_last {s.train['channels_last']}, compile {bool(s.train.get('compile'))}, "
+          f"threads {torch.get_num_threads()}, {args.batches} batches x {args.rounds} rounds",
+          flush=True)
+
+    tmp = None
+    loader_iter = None
+    if not args.skip_baseline:
+        raw = Path(section(params, "prepare")["raw"]) / RAW_ARCHIVE
+        tmp = tempfile.TemporaryDirectory(prefix="ferpipe-bench-images-")
+        with zipfile.ZipFile(raw) as zf:  # the unpacked JPEGs the per-image loader reads
+            zf.extractall(tmp.name, [n for n in zf.namelist() if n.startswith("train/")])
+        loader = baseline_loader(Path(tmp.name) / "train", s, stats["mean"], stats["std"],
+                                 args.workers)
+        loader_iter = forever(loader)
+
+    figures: dict[str, list[float]] = {"bare": [], "pipeline": [], "baseline": []}
+    rss_mb = 0.0
+    try:
+        for r in range(args.rounds):
+            figures["bare"].append(bare(s, ctx, images[fixed], labels[fixed], args.batches))
+            figures["pipeline"].append(pipeline(s, ctx, images, labels, args.batches, gen))
+            rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            if loader_iter is not None:
+                figures["baseline"].append(baseline(s, ctx, loader_iter, args.batches))
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in figures.items()
+                                                 if v) + " images/s", flush=True)
+        result: dict[str, Any] = {
+            "device": str(s.device), "precision": s.precision, "stem": s.stem,
+            "batch_size": s.batch, "channels_last": s.train["channels_last"],
+            "compile": bool(s.train.get("compile")), "threads": torch.get_num_threads(),
+            "batches": args.batches, "rounds": args.rounds}
+        for key, values in figures.items():
+            if values:
+                result[f"{key}_images_per_s"] = float(np.mean(values))
+        result["pipeline_over_bare"] = result["pipeline_images_per_s"] / result["bare_images_per_s"]
+        if figures["baseline"]:
+            result["pipeline_over_baseline"] = (result["pipeline_images_per_s"]
+                                                / result["baseline_images_per_s"])
+            result["baseline_loader_only_images_per_s"] = loader_only(loader_iter, args.batches)
+        result["augment_only_images_per_s"] = augment_only(s, ctx, images, args.batches, gen)
+        result["train_loop_peak_rss_mb"] = round(rss_mb, 1)
+    finally:
+        if loader_iter is not None:
+            loader_iter.close()  # drops the DataLoader iterator: its workers stop
+        if tmp is not None:
+            tmp.cleanup()
+
+    if not args.skip_data:
+        local = Path(section(params, "download")["local_archive"])
+        if local.is_file():
+            result["data_stage_seconds"] = data_stages(args.params, local)
+        else:
+            print(f"data stages not timed: {local} not found")
+    if args.noop_repro:
+        result["noop_repro_seconds"] = noop_repro_seconds()
+    train_json = Path("metrics/train.json")
+    if train_json.is_file():
+        result["last_train_stage_peak_rss_mb"] = read_json(train_json).get("peak_rss_mb")
+
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The benchmark runs end to end on tiny generated data and reports consistent figures."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fakedata import make_image_folders, make_zip
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A folder with params.yaml, a tiny local archive, and the data stages already run."""
+    tmp = tmp_path_factory.mktemp("bench")
+    make_image_folders(tmp / "images", n_train=10, n_test=3)
+    (tmp / "data").mkdir()
+    make_zip(tmp / "images", tmp / "data" / "fer2013.zip")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["model"]["stem"] = "standard"
+    params["train"]["batch_size"] = 8
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for stage in ("download", "prepare", "stats"):
+        subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py")], cwd=tmp,
+                       env=env, check=True, capture_output=True)
+    return tmp, env
+
+
+def test_bench_reports_every_figure(project):
+    tmp, env = project
+    proc = subprocess.run([sys.executable, "-m", "ferpipe.bench", "--batches", "2", "--rounds",
+                           "2", "--workers", "1", "--json", "bench.json"], cwd=tmp, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp / "bench.json").read_text())
+    assert result["stem"] == "standard" and result["batch_size"] == 8
+    assert result["device"] == "cpu" and result["rounds"] == 2
+    for key in ("bare", "pipeline", "baseline", "baseline_loader_only", "augment_only"):
+        assert result[f"{key}_images_per_s"] > 0
+    assert result["pipeline_over_bare"] == pytest.approx(
+        result["pipeline_images_per_s"] / result["bare_images_per_s"])
+    assert result["pipeline_over_baseline"] == pytest.approx(
+        result["pipeline_images_per_s"] / result["baseline_images_per_s"])
+    assert result["train_loop_peak_rss_mb"] > 100  # torch + arrays + model, in MiB
+    stages = result["data_stage_seconds"]
+    assert set(stages) == {"download", "prepare", "stats", "total"}
+    assert stages["total"] == pytest.approx(stages["download"] + stages["prepare"]
+                                            + stages["stats"])
+    assert "pipeline" in proc.stdout and "round 2" in proc.stdout
+    # The data stages ran in a temp folder: the project's own outputs are untouched.
+    assert sorted(p.name for p in (tmp / "data").iterdir()) == ["fer2013.zip", "prepared",
+                                                                 "raw", "stats.json"]
+
+
+def test_bench_overrides_precision_and_stem(project):
+    tmp, env = project
+    proc = subprocess.run([sys.executable, "-m", "ferpipe.bench", "--batches", "1", "--rounds",
+                           "1", "--skip-baseline", "--skip-data", "--amp", "bf16", "--stem",
+                           "3x3", "--channels-last", "false", "--json", "b.json"],
+                          cwd=tmp, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp / "b.json").read_text())
+    assert result["precision"] == "bfloat16" and result["stem"] == "3x3"
+    assert result["channels_last"] is False
+    assert "baseline_images_per_s" not in result and "data_stage_seconds" not in result
