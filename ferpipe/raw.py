@@ -163,6 +163,9 @@ def _check_member_name(name: str, where: Path) -> PurePosixPath:
 def list_files(source: Path) -> dict[PurePosixPath, Callable[[], bytes]]:
     """Every regular file in a zip, a tar (.tar, .tar.gz) or a folder, with a reader for its bytes.
 
+    Archive members are read into memory here (FER2013 is ~60 MB) so the archive is closed on
+    return; folder files are read when their reader is called.
+
     Returns:
         {path relative to the source root: zero-argument function returning the file's bytes}.
 
@@ -177,13 +180,14 @@ def list_files(source: Path) -> dict[PurePosixPath, Callable[[], bytes]]:
                 if path.is_file() and not path.is_symlink():
                     files[PurePosixPath(path.relative_to(source).as_posix())] = path.read_bytes
         elif zipfile.is_zipfile(source):
-            zf = zipfile.ZipFile(source)
-            for info in zf.infolist():
-                member = _check_member_name(info.filename, source)
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    raise DataError(f"{source}: member '{info.filename}' is a symlink")
-                if not info.is_dir():
-                    files[member] = lambda info=info: zf.read(info)
+            with zipfile.ZipFile(source) as zf:
+                for info in zf.infolist():
+                    member = _check_member_name(info.filename, source)
+                    if stat.S_ISLNK(info.external_attr >> 16):
+                        raise DataError(f"{source}: member '{info.filename}' is a symlink")
+                    if not info.is_dir():
+                        data = zf.read(info)
+                        files[member] = lambda data=data: data
         elif tarfile.is_tarfile(source):
             # Read in stream order: random access into a .tar.gz re-decompresses from the start.
             with tarfile.open(source) as tf:
