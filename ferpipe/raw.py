@@ -48,7 +48,6 @@ SPLIT_ALIASES: dict[str, str] = {
 }
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 
 #: The download stage's output file inside `download.out`.
 RAW_ARCHIVE = "images.zip"
@@ -146,10 +145,6 @@ def kaggle_download(handle: str) -> Path:
         return Path(kagglehub.dataset_download(handle))
     except Exception as err:  # kagglehub raises many types (HTTP, connection, auth)
         raise DataError(f"could not download kaggle:{handle}: {err}") from err
-
-
-def _is_archive(path: Path) -> bool:
-    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def _check_member_name(name: str, where: Path) -> PurePosixPath:
