@@ -85,19 +85,19 @@ def build_model(num_classes: int = 7, stem: str = "standard", pretrained: bool =
     return model
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, *, class_names: list[str],
+def save_checkpoint(path: str | Path, model: nn.Module | dict[str, torch.Tensor], *, class_names: list[str],
                     mean: float, std: float, image_size: int, params: dict[str, Any],
                     extra: dict[str, Any] | None = None) -> None:
     """Write a self-describing checkpoint: everything `load_checkpoint` needs to rebuild the model.
 
-    Keys: state_dict (fp32, CPU), class_names, mean, std (normalization, [0, 1] pixel units),
+    `model` is the module or its `state_dict`. Keys: state_dict (fp32, CPU), class_names, mean, std (normalization, [0, 1] pixel units),
     image_size (pixels), model (the `model` params section), params (all params used), plus
     `extra` (epoch, val_accuracy ...). Written to a temp name, then renamed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()
-             for k, v in model.state_dict().items()}
+             for k, v in (model if isinstance(model, dict) else model.state_dict()).items()}
     ckpt = {"state_dict": state, "class_names": list(class_names), "mean": float(mean),
             "std": float(std), "image_size": int(image_size), "model": dict(params["model"]),
             "params": params, **(extra or {})}

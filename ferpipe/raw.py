@@ -1,19 +1,26 @@
 """The raw FER2013 dataset: fetching it, checking its layout, decoding its images.
 
-Data flows one way: source (Kaggle zip, tar, folder) -> `data/raw/images.zip` -> decoded uint8
-arrays, which `ferpipe.data` saves as `data/prepared/<split>.npz`.
+Data flows one way: source (Kaggle zip, tar, folder, or the challenge's `fer2013.csv`) ->
+`data/raw/images.zip` -> decoded uint8 arrays, which `ferpipe.data` saves as
+`data/prepared/<split>.npz`.
 
 `data/raw/images.zip` is the source normalized to `<split>/<class>/<file>` members (canonical split
 and class names, sorted, uncompressed, fixed timestamps: the same source gives the same bytes). One
 file instead of FER2013's 35,887 small ones keeps the download stage and DVC's hashing, caching and
-removing of its output fast; the JPEG bytes are copied as they are and decoded once, by prepare.
-Only the download and prepare stages import this module, so changing how data is fetched does not
-invalidate a trained model.
+removing of its output fast; the JPEG bytes are copied as they are (the CSV's rows become lossless
+PNGs) and decoded once, by prepare. Every file in a class folder is copied, images or not (only OS
+junk such as `.DS_Store` is skipped): files that do not decode are reported and skipped by
+`decode_archive`, not at download time. Sources are untrusted: links, device files, paths leaving
+the archive and archives that unpack too large or into too many members are refused before
+anything is read. Only the download and prepare stages import this module, so changing how data is
+fetched does not invalidate a trained model.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import http.client
 import os
 import re
 import shutil
@@ -21,14 +28,15 @@ import stat
 import tarfile
 import tempfile
 import urllib.request
+import warnings
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
-from io import BytesIO
+from io import BytesIO, TextIOWrapper
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ferpipe.data import CLASS_NAMES, IMAGE_SIZE, DataError
@@ -47,11 +55,38 @@ SPLIT_ALIASES: dict[str, str] = {
     "test": "test", "testing": "test",
 }
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+#: File and folder names (lower-cased) of OS junk that is skipped; so is every name starting with
+#: a dot (`.DS_Store`, macOS `._*` files).
+JUNK_NAMES = {"__macosx", "thumbs.db", "desktop.ini"}
+
+#: The challenge CSV's name; a source holding it is read as the CSV, not as image folders.
+CSV_NAME = "fer2013.csv"
+#: `emotion` indices of fer2013.csv, in the challenge's order (4, 5, 6 differ from CLASS_NAMES).
+CSV_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+#: `Usage` values of fer2013.csv mapped to split names.
+CSV_USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
+#: Side of the CSV's images, pixels (each row holds CSV_SIDE**2 values).
+CSV_SIDE = 48
+
+#: Defaults of the decompression-bomb caps (the values of `download.max_unpacked_mb` and
+#: `download.max_members` in params.yaml).
+MAX_UNPACKED_BYTES = 2048 * 2**20
+MAX_MEMBERS = 200_000
 
 #: The download stage's output file inside `download.out`.
 RAW_ARCHIVE = "images.zip"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+#: What a file-type mode other than a regular file or a folder is, for error messages.
+_SPECIAL_KINDS = {stat.S_IFLNK: "a symlink", stat.S_IFCHR: "a character device",
+                  stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO",
+                  stat.S_IFSOCK: "a socket"}
+_TAR_KINDS = {tarfile.SYMTYPE: "a symlink", tarfile.LNKTYPE: "a hardlink",
+              tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
+              tarfile.FIFOTYPE: "a FIFO"}
+
+#: Pillow modes holding 16-bit samples (mode `I`, 32-bit, is how older Pillows open 16-bit PNGs).
+_WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
 # --------------------------------------------------------------------------- class names
 
@@ -96,37 +131,55 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def verify_sha256(path: Path, expected: str | None) -> None:
+def verify_sha256(path: Path, expected: str | None, if_wrong: str) -> None:
     """Check `path` against an expected hex sha256 (skipped when `expected` is empty).
 
+    Args:
+        if_wrong: appended to the error message: what happened to the file, what to do.
+
     Raises:
-        DataError: the hashes differ; the message shows both.
+        DataError: the hashes differ; the message shows both, then `if_wrong`.
     """
     if not expected:
         return
     actual = sha256_of(path)
     if actual.lower() != expected.lower():
-        raise DataError(f"{path}: sha256 mismatch: expected {expected}, got {actual}")
+        raise DataError(f"{path}: sha256 mismatch: expected {expected}, got {actual}; {if_wrong}")
 
 
-def http_download(url: str, dest: Path) -> Path:
-    """Stream `url` to `dest` through `dest.part` with a progress bar, then rename.
+def http_download(url: str, dest: Path, sha256: str | None = None) -> Path:
+    """Stream `url` to `dest.part` with a progress bar, check it, then rename it to `dest`.
 
-    A download that stops half-way leaves only the `.part` file, never a truncated `dest`.
+    The sha256 (when given) is checked on the `.part` file before the rename; on a mismatch the
+    `.part` file is removed. A download that stops half-way (an error, or fewer bytes than the
+    server's Content-Length) leaves only `dest.part`, never a truncated `dest`.
 
     Raises:
-        DataError: the request failed (offline, HTTP error); the message names the URL.
+        DataError: the request failed (offline, HTTP error) or stopped early, naming the URL; or
+            the sha256 does not match, showing both hashes.
     """
     part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    received, total = 0, None
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     out.write(block)
+                    received += len(block)
                     bar.update(len(block))
-    except OSError as err:
+    except (OSError, http.client.HTTPException) as err:
         raise DataError(f"could not download {url}: {err}") from err
+    if total is not None and received < total:
+        # http.client ends a body cut short by the server without an error: compare the sizes.
+        raise DataError(f"could not download {url}: the connection closed after {received} of "
+                        f"{total} bytes; the partial file is {part}")
+    try:
+        verify_sha256(part, sha256, "the download was removed")
+    except DataError:
+        part.unlink()
+        raise
     part.replace(dest)
     return dest
 
@@ -147,6 +200,18 @@ def kaggle_download(handle: str) -> Path:
         raise DataError(f"could not download kaggle:{handle}: {err}") from err
 
 
+# --------------------------------------------------------------------------- reading sources
+
+
+class Listing(NamedTuple):
+    """What `list_files` found in a source, paths relative to its root."""
+
+    #: Every regular file, with a zero-argument function returning its bytes.
+    files: dict[PurePosixPath, Callable[[], bytes]]
+    #: Every folder (for archives: those with a member of their own).
+    folders: set[PurePosixPath]
+
+
 def _check_member_name(name: str, where: Path) -> PurePosixPath:
     """The member's path, refusing absolute paths and `..` (they would land outside the target)."""
     member = PurePosixPath(name.replace("\\", "/"))
@@ -155,113 +220,320 @@ def _check_member_name(name: str, where: Path) -> PurePosixPath:
     return member
 
 
-def list_files(source: Path) -> dict[PurePosixPath, Callable[[], bytes]]:
-    """Every regular file in a zip, a tar (.tar, .tar.gz) or a folder, with a reader for its bytes.
+def _special_kind(mode: int) -> str | None:
+    """None for a regular file, a folder or no file type (zips made on Windows), else its kind."""
+    kind = stat.S_IFMT(mode)
+    if kind in (0, stat.S_IFREG, stat.S_IFDIR):
+        return None
+    return _SPECIAL_KINDS.get(kind, "a special file")
 
-    Archive members are read into memory here (FER2013 is ~60 MB) so the archive is closed on
-    return; folder files are read when their reader is called.
+
+def _check_caps(source: Path, members: int, unpacked: int, max_members: int,
+                max_unpacked_bytes: int, complete: bool) -> None:
+    """Refuse a source with more members or more unpacked bytes than the caps allow.
+
+    `complete` is False while a source is still being listed: the figures are then lower bounds.
+    """
+    at_least = "" if complete else "at least "
+    if members > max_members:
+        raise DataError(f"{source}: {at_least}{members} members, more than "
+                        f"download.max_members = {max_members} (raise it if you trust this source)")
+    if unpacked > max_unpacked_bytes:
+        raise DataError(f"{source}: {at_least}{unpacked} bytes ({unpacked / 2**20:.1f} MiB) "
+                        f"unpacked, more than download.max_unpacked_mb = "
+                        f"{max_unpacked_bytes / 2**20:g} ({max_unpacked_bytes} bytes) "
+                        f"(raise it if you trust this source)")
+
+
+def list_files(source: Path, max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
+               max_members: int = MAX_MEMBERS) -> Listing:
+    """Every regular file and folder in a zip, a tar (.tar, .tar.gz ...) or a folder.
+
+    Members are checked and counted, and their declared (unpacked) sizes summed, before any is
+    read: a decompression bomb is refused without being unpacked. Archive members are then read
+    into memory (FER2013 is ~60 MB) so the archive is closed on return (a compressed tar is
+    decompressed twice: once for the headers, once for the data); folder files are read when
+    their reader is called. Members and entries of every kind (folders included) count towards
+    `max_members`.
+
+    Args:
+        max_unpacked_bytes: cap on the sum of the files' sizes, bytes.
+        max_members: cap on the number of members (folder entries).
 
     Returns:
-        {path relative to the source root: zero-argument function returning the file's bytes}.
+        The files, each with a reader for its bytes, and the folders.
 
     Raises:
-        DataError: unreadable archive, a member with an absolute path or `..`, or a link member
-            (symlinks and hardlinks are refused, not followed).
+        DataError: unreadable or unknown source; a member with an absolute path or `..`; a member
+            or folder entry that is a symlink, hardlink, device file, FIFO or socket (refused,
+            never followed), naming it; more members or bytes than the caps, naming the params
+            key (`download.max_members`, `download.max_unpacked_mb`), the cap and the source's
+            figure.
     """
     files: dict[PurePosixPath, Callable[[], bytes]] = {}
+    folders: set[PurePosixPath] = set()
     try:
         if source.is_dir():
-            for path in sorted(source.rglob("*")):
-                if path.is_file() and not path.is_symlink():
-                    files[PurePosixPath(path.relative_to(source).as_posix())] = path.read_bytes
+            count = size = 0
+            for path in source.rglob("*"):
+                rel = PurePosixPath(path.relative_to(source).as_posix())
+                info = path.lstat()
+                if stat.S_ISDIR(info.st_mode):
+                    folders.add(rel)
+                elif stat.S_ISREG(info.st_mode):
+                    files[rel] = path.read_bytes
+                    size += info.st_size
+                else:
+                    raise DataError(f"{source}: '{rel}' is {_special_kind(info.st_mode)} "
+                                    f"(links and special files are refused, not followed)")
+                count += 1
+                _check_caps(source, count, size, max_members, max_unpacked_bytes, False)
         elif zipfile.is_zipfile(source):
             with zipfile.ZipFile(source) as zf:
+                members = []
                 for info in zf.infolist():
                     member = _check_member_name(info.filename, source)
-                    if stat.S_ISLNK(info.external_attr >> 16):
-                        raise DataError(f"{source}: member '{info.filename}' is a symlink")
-                    if not info.is_dir():
+                    kind = _special_kind(info.external_attr >> 16)
+                    if kind:
+                        raise DataError(f"{source}: member '{info.filename}' is {kind}")
+                    members.append((info, member))
+                _check_caps(source, len(members),
+                            sum(info.file_size for info, _ in members if not info.is_dir()),
+                            max_members, max_unpacked_bytes, True)
+                for info, member in members:
+                    if info.is_dir():
+                        folders.add(member)
+                    else:
                         data = zf.read(info)
                         files[member] = lambda data=data: data
         elif tarfile.is_tarfile(source):
-            # Read in stream order: random access into a .tar.gz re-decompresses from the start.
             with tarfile.open(source) as tf:
-                for info in tf:
+                members, size = [], 0
+                for info in tf:  # headers only: checked before the next member's data is skipped
                     member = _check_member_name(info.name, source)
-                    if info.issym() or info.islnk():
-                        raise DataError(f"{source}: member '{info.name}' is a link")
-                    if info.isfile():
+                    if not (info.isfile() or info.isdir()):
+                        kind = _TAR_KINDS.get(info.type, f"of tar type {info.type!r}")
+                        raise DataError(f"{source}: member '{info.name}' is {kind}")
+                    members.append((info, member))
+                    size += info.size if info.isfile() else 0
+                    _check_caps(source, len(members), size, max_members, max_unpacked_bytes,
+                                False)
+                for info, member in members:  # in stream order: a .tar.gz is read once more
+                    if info.isdir():
+                        folders.add(member)
+                    else:
                         data = tf.extractfile(info).read()
                         files[member] = lambda data=data: data
         else:
-            raise DataError(f"{source}: expected a .zip, .tar or .tar.gz archive or a folder")
+            raise DataError(f"{source}: expected a .zip, .tar or .tar.gz archive, a "
+                            f"{CSV_NAME} or a folder")
     except (tarfile.TarError, zipfile.BadZipFile, OSError) as err:
         raise DataError(f"{source}: cannot read: {err}") from err
-    return files
+    return Listing(files, folders)
 
 
-def find_layout(paths: list[PurePosixPath], where: Path, max_depth: int = 3
-                ) -> dict[PurePosixPath, tuple[str, str]]:
-    """Map each image file of a FER2013 image-folder copy to its (split, class).
+def _is_junk(name: str) -> bool:
+    """Whether a file or folder name is OS junk (`.DS_Store`, `Thumbs.db`, `__MACOSX` ...)."""
+    return name.startswith(".") or name.lower() in JUNK_NAMES
 
-    The split folders (`train/`, `test/`, optionally `val/`, any spelling in SPLIT_ALIASES) are
-    found at the top or under up to `max_depth` wrapping folders (`archive/`, `fer2013/` ...);
-    images sit in `<split>/<class>/`. Files that are not images (by suffix) are ignored.
+
+def find_layout(files: list[PurePosixPath], where: Path, folders: Iterable[PurePosixPath] = (),
+                max_depth: int = 3) -> dict[PurePosixPath, tuple[str, str]]:
+    """Map each file of a FER2013 image-folder copy to its (split, class).
+
+    The split folders (any spelling in SPLIT_ALIASES) are found at the top or under up to
+    `max_depth` wrapping folders (`archive/`, `fer2013/`, `images/` ...); the shallowest folder
+    holding a train split is used. Every file directly inside `<split>/<class>/` is mapped,
+    whatever its type (a file that is not an image is reported when decoding), except OS junk
+    (`.DS_Store`, `Thumbs.db`, anything under `__MACOSX/` or a hidden folder). A copy with a
+    validation split but no test split (`images/train`, `images/validation`) uses it as the test
+    split; next to a test split it is the val split.
+
+    Args:
+        files: the source's file paths.
+        folders: its folder paths (folders that hold files need not be listed); they show empty
+            splits and class folders.
 
     Raises:
-        DataError: no train/ folder, no test/ folder, an unknown class folder, or an empty split.
+        DataError: no train or no test split folder, two folders for one split, a split without
+            class folders, an unknown class folder, or a class folder without files, naming it.
     """
-    by_root: dict[PurePosixPath, dict[str, dict[str, list[PurePosixPath]]]] = {}
-    for path in paths:
-        if path.suffix.lower() not in IMAGE_SUFFIXES or len(path.parts) < 3:
-            continue
-        root, split_dir, class_dir = path.parents[2], path.parts[-3], path.parts[-2]
-        if len(root.parts) <= max_depth and split_dir.lower() in SPLIT_ALIASES:
-            by_root.setdefault(root, {}).setdefault(split_dir, {}).setdefault(
-                class_dir, []).append(path)
-    roots = sorted((r for r, splits in by_root.items()
+    def junk_in(parts: tuple[str, ...]) -> bool:
+        return any(_is_junk(part) for part in parts)
+
+    # Every folder, with those implied by file paths: a class folder holding only junk is empty.
+    known: set[PurePosixPath] = set()
+    for folder in [*folders, *(path.parent for path in files)]:
+        if not junk_in(folder.parts):
+            known.update([folder, *folder.parents])
+    tree: dict[PurePosixPath, dict[str, dict[str, list[PurePosixPath]]]] = {}
+    for folder in known:
+        if folder.name.lower() in SPLIT_ALIASES and len(folder.parent.parts) <= max_depth:
+            tree.setdefault(folder.parent, {})[folder.name] = {}
+    for folder in known:
+        root, split_dir = folder.parent.parent, folder.parent.name
+        if split_dir in tree.get(root, {}):
+            tree[root][split_dir][folder.name] = []
+    for path in files:
+        if len(path.parts) >= 3 and not junk_in(path.parts):
+            root, split_dir, class_dir = path.parents[2], path.parts[-3], path.parts[-2]
+            if split_dir in tree.get(root, {}):
+                tree[root][split_dir][class_dir].append(path)
+
+    roots = sorted((r for r, splits in tree.items()
                     if any(SPLIT_ALIASES[s.lower()] == "train" for s in splits)),
-                   key=lambda r: len(r.parts))
+                   key=lambda r: (len(r.parts), str(r)))
     if not roots:
         raise DataError(f"{where}: no train/ folder found (expected train/<class>/ and "
                         f"test/<class>/, at the top or under up to {max_depth} folders)")
     root = roots[0]
-    splits = {SPLIT_ALIASES[s.lower()]: (s, classes) for s, classes in by_root[root].items()}
+    splits: dict[str, tuple[str, dict[str, list[PurePosixPath]]]] = {}
+    for split_dir, classes in sorted(tree[root].items()):
+        split = SPLIT_ALIASES[split_dir.lower()]
+        if split in splits:
+            raise DataError(f"{where / root}: folders '{splits[split][0]}' and '{split_dir}' "
+                            f"are both the {split} split")
+        splits[split] = (split_dir, classes)
+    if "test" not in splits and "val" in splits:
+        print(f"note: {where / root}: no test split; '{splits['val'][0]}/' is used as the test "
+              f"split")
+        splits["test"] = splits.pop("val")
     for required in ("train", "test"):
         if required not in splits:
-            raise DataError(f"{where}/{root}: no {required}/ split folder; found "
-                            f"{sorted(splits)}")
+            raise DataError(f"{where / root}: no {required}/ split folder; found "
+                            f"{sorted(split_dir for split_dir, _ in splits.values())}")
     layout: dict[PurePosixPath, tuple[str, str]] = {}
     for split, (split_dir, classes) in splits.items():
-        mapping = map_class_folders(sorted(classes), f"{where}/{root / split_dir}")
-        for class_dir, files in classes.items():
-            for path in files:
+        split_path = where / root / split_dir
+        if not classes:
+            raise DataError(f"{split_path}: empty split: no class folders (expected "
+                            f"{list(CLASS_NAMES)})")
+        mapping = map_class_folders(sorted(classes), str(split_path))
+        for class_dir, paths in sorted(classes.items()):
+            if not paths:
+                raise DataError(f"{split_path / class_dir}: empty class folder (no files)")
+            for path in paths:
                 layout[path] = (split, mapping[class_dir])
     return layout
 
 
-def write_raw_archive(source: Path, dest: Path) -> dict[str, dict[str, int]]:
-    """Normalize a FER2013 copy (zip, tar, folder) into the uncompressed zip `dest`.
+def _png(pixels: np.ndarray) -> bytes:
+    """Lossless PNG bytes of a uint8 (H, W) array (mode L)."""
+    buffer = BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
-    Members are `<split>/<class>/<file name>` with canonical names, in sorted order, with fixed
-    timestamps, so the same images give the same bytes. `dest` is written to a temp name first.
+
+def csv_members(lines: Iterable[str], where: str) -> dict[str, bytes]:
+    """Turn the challenge CSV `fer2013.csv` into `images.zip` members.
+
+    Columns (their names may carry spaces): `emotion`, the class index (0 angry, 1 disgust,
+    2 fear, 3 happy, 4 sad, 5 surprise, 6 neutral: CSV_CLASSES, not CLASS_NAMES's order);
+    `pixels`, 48*48 = 2304 space-separated ints 0-255, row by row; `Usage`, Training ->
+    train, PublicTest -> val, PrivateTest -> test. Data row i (0-based, the header not counted)
+    becomes `<split>/<class>/<i>.png`, a lossless 48x48 mode-L PNG, with i zero-padded to 5
+    digits (more for a longer CSV). A row whose pixels are not 2304 ints in 0..255 becomes
+    `<split>/<class>/<i>.txt` holding its pixel text, which `decode_archive` reports as a bad
+    image.
+
+    Args:
+        lines: the CSV's text lines (an open text file).
+        where: the CSV's name for error messages.
 
     Returns:
-        Image counts per split and class (every canonical class listed, zeros included).
+        {member name: bytes}.
 
     Raises:
-        DataError: see `list_files` and `find_layout`; two files that normalize to one name.
+        DataError: malformed CSV, a missing column, an emotion or Usage value not among the
+            expected ones (naming the line, row, column and value), or no Training or no
+            PrivateTest row.
     """
-    files = list_files(source)
-    layout = find_layout(list(files), source)
-    entries: dict[str, PurePosixPath] = {}
-    for path, (split, cls) in layout.items():
-        name = f"{split}/{cls}/{path.name}"
-        if name in entries:
-            raise DataError(f"{source}: '{entries[name]}' and '{path}' both become '{name}'")
-        entries[name] = path
+    reader = csv.DictReader(lines)
+    rows: list[tuple[str, str, str, bytes]] = []
+    try:
+        columns = [name.strip() for name in reader.fieldnames or []]
+        missing = [name for name in ("emotion", "pixels", "Usage") if name not in columns]
+        if missing:
+            raise DataError(f"{where}: missing column(s) {missing}; found {columns}, expected "
+                            f"emotion, pixels, Usage")
+        reader.fieldnames = columns
+        for row in reader:
+            at = f"{where}: line {reader.line_num} (row {len(rows)})"
+            emotion, usage = (row["emotion"] or "").strip(), (row["Usage"] or "").strip()
+            if not emotion.isdigit() or int(emotion) >= len(CSV_CLASSES):
+                raise DataError(f"{at}: column 'emotion' is '{emotion}'; expected 0-6 ("
+                                + ", ".join(f"{i} {c}" for i, c in enumerate(CSV_CLASSES)) + ")")
+            if usage not in CSV_USAGE:
+                raise DataError(f"{at}: column 'Usage' is '{usage}'; expected one of "
+                                f"{list(CSV_USAGE)}")
+            text = row["pixels"] or ""
+            values = text.split()
+            try:
+                pixels = np.array(values, dtype=np.int64)
+            except (ValueError, OverflowError):
+                pixels = np.empty(0, np.int64)
+            if pixels.size == CSV_SIDE ** 2 and pixels.min() >= 0 and pixels.max() <= 255:
+                rows.append((CSV_USAGE[usage], CSV_CLASSES[int(emotion)], ".png",
+                             _png(pixels.astype(np.uint8).reshape(CSV_SIDE, CSV_SIDE))))
+            else:
+                rows.append((CSV_USAGE[usage], CSV_CLASSES[int(emotion)], ".txt",
+                             text.encode()))
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise DataError(f"{where}: line {reader.line_num}: not a readable CSV: {err}") from err
+    found = {split for split, _, _, _ in rows}
+    for usage, split in CSV_USAGE.items():
+        if split != "val" and split not in found:
+            raise DataError(f"{where}: no row with Usage '{usage}' (the {split} split); found "
+                            f"{sorted(u for u, s in CSV_USAGE.items() if s in found)}")
+    width = max(5, len(str(len(rows) - 1)))
+    return {f"{split}/{cls}/{i:0{width}d}{suffix}": data
+            for i, (split, cls, suffix, data) in enumerate(rows)}
+
+
+def write_raw_archive(source: Path, dest: Path, max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
+                      max_members: int = MAX_MEMBERS) -> dict[str, dict[str, int]]:
+    """Normalize a FER2013 copy (zip, tar, folder, fer2013.csv) into the uncompressed zip `dest`.
+
+    A `.csv` file, or an archive or folder holding a `fer2013.csv`, is read as the challenge CSV
+    (see `csv_members`); anything else as image folders (see `find_layout`), every file of a
+    class folder copied as it is. Members are `<split>/<class>/<file name>` with canonical names,
+    in sorted order, with fixed timestamps, so the same source gives the same bytes. `dest` is
+    written to a temp name first.
+
+    Args:
+        max_unpacked_bytes, max_members: caps on the archive or folder (see `list_files`).
+
+    Returns:
+        File counts per split and class (every canonical class listed, zeros included).
+
+    Raises:
+        DataError: see `list_files`, `find_layout` and `csv_members`; two files that normalize to
+            one name; more than one fer2013.csv.
+    """
+    if source.is_file() and source.suffix.lower() == ".csv":
+        with open(source, encoding="utf-8-sig", newline="") as lines:
+            table = csv_members(lines, str(source))
+        entries = {name: (lambda data=data: data) for name, data in table.items()}
+    else:
+        listing = list_files(source, max_unpacked_bytes, max_members)
+        tables = sorted(path for path in listing.files if path.name.lower() == CSV_NAME)
+        if len(tables) > 1:
+            raise DataError(f"{source}: more than one {CSV_NAME}: {[str(t) for t in tables]}")
+        if tables:
+            lines = TextIOWrapper(BytesIO(listing.files[tables[0]]()), encoding="utf-8-sig",
+                                  newline="")
+            table = csv_members(lines, f"{source}/{tables[0]}")
+            entries = {name: (lambda data=data: data) for name, data in table.items()}
+        else:
+            entries = {}
+            layout = find_layout(list(listing.files), source, listing.folders)
+            for path, (split, cls) in layout.items():
+                name = f"{split}/{cls}/{path.name}"
+                if name in entries:
+                    raise DataError(f"{source}: two files become '{name}' (one is '{path}')")
+                entries[name] = listing.files[path]
     counts = {split: {cls: 0 for cls in CLASS_NAMES}
-              for split in sorted({s for s, _ in layout.values()})}
+              for split in sorted({name.split("/")[0] for name in entries})}
     tmp = dest.with_name(dest.name + ".tmp")
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -269,8 +541,8 @@ def write_raw_archive(source: Path, dest: Path) -> dict[str, dict[str, int]]:
             for name in sorted(entries):
                 info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
                 info.external_attr = 0o644 << 16
-                out.writestr(info, files[entries[name]]())
-                split, cls = layout[entries[name]]
+                out.writestr(info, entries[name]())
+                split, cls, _ = name.split("/", 2)
                 counts[split][cls] += 1
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -279,23 +551,31 @@ def write_raw_archive(source: Path, dest: Path) -> dict[str, dict[str, int]]:
     return counts
 
 
-def fetch_raw(source: str, local_archive: Path, dest: Path, sha256: str | None = None
+def fetch_raw(source: str, local_archive: Path, dest: Path, sha256: str | None = None,
+              max_unpacked_bytes: int = MAX_UNPACKED_BYTES, max_members: int = MAX_MEMBERS
               ) -> dict[str, dict[str, int]]:
     """Fetch FER2013 and write it to `dest/images.zip` in the normalized layout.
 
     `local_archive` is looked at first (as torchvision datasets check their root before
     downloading): if it exists it is used and the network is not touched. Otherwise `source` is
     `kaggle:<owner>/<dataset>` (through kagglehub), an `http(s)://` URL (saved to
-    `local_archive`), or a local archive (zip, tar, tar.gz) or folder. `dest` is replaced only
-    after the new archive is complete; the source is never modified.
+    `local_archive`), or a local archive (zip, tar, tar.gz), `fer2013.csv` or folder. `dest` is
+    replaced only after the new archive is complete; the source is never modified, and a local
+    file whose sha256 does not match is not deleted.
+
+    Args:
+        sha256: expected hex sha256 of the archive (None: not checked; folders are not checked).
+        max_unpacked_bytes, max_members: caps on the archive or folder (see `list_files`).
 
     Returns:
-        Image counts per split and class.
+        File counts per split and class.
 
     Raises:
         DataError: the download failed (with where to put the archive to work offline), the
-            sha256 does not match, or the layout is not FER2013's.
+            sha256 does not match (both shown), a cap is exceeded, a member is unsafe, or the
+            layout is not FER2013's.
     """
+    expected = sha256
     if local_archive.exists():
         print(f"using local copy {local_archive}")
         path = local_archive
@@ -307,23 +587,27 @@ def fetch_raw(source: str, local_archive: Path, dest: Path, sha256: str | None =
                             f"at {local_archive} and run again.") from err
     elif source.startswith(("http://", "https://")):
         try:
-            path = http_download(source, local_archive)
+            path = http_download(source, local_archive, sha256)
         except DataError as err:
             raise DataError(f"{err}\nTo work offline, put the archive at {local_archive} "
                             f"and run again.") from err
+        expected = None  # http_download checked it before the rename
     else:
         path = Path(source)
         if not path.exists():
             raise DataError(f"download.source: {path} does not exist (expected kaggle:<owner>/"
-                            f"<dataset>, an http(s) URL, or a local archive or folder)")
+                            f"<dataset>, an http(s) URL, or a local archive, {CSV_NAME} or "
+                            f"folder)")
     if path.is_file():
-        verify_sha256(path, sha256)
-    elif sha256:
+        verify_sha256(path, expected, "the file was not deleted: replace it with a good copy, "
+                                      "or correct download.sha256")
+    elif expected:
         print(f"note: {path} is a folder; download.sha256 applies to archives and is skipped")
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
-        counts = write_raw_archive(path, Path(tmp) / "raw" / RAW_ARCHIVE)
+        counts = write_raw_archive(path, Path(tmp) / "raw" / RAW_ARCHIVE, max_unpacked_bytes,
+                                   max_members)
         if dest.exists():
             shutil.rmtree(dest)
         (Path(tmp) / "raw").replace(dest)
@@ -333,42 +617,92 @@ def fetch_raw(source: str, local_archive: Path, dest: Path, sha256: str | None =
 # --------------------------------------------------------------------------- prepare
 
 
+class BadImage(DataError):
+    """An image file that cannot be decoded; its message is a short reason ("truncated" ...)."""
+
+
+def _to_gray(img: Image.Image) -> Image.Image:
+    """Mode L of any image: 16-bit samples scaled (value / 257, rounded), others by Pillow."""
+    if img.mode in _WIDE_MODES:
+        wide = np.asarray(img, dtype=np.int64)
+        return Image.fromarray(np.clip((wide + 128) // 257, 0, 255).astype(np.uint8))
+    return img.convert("L")
+
+
 def decode_image(data: bytes, size: int = IMAGE_SIZE) -> tuple[np.ndarray, bool]:
     """Decode one encoded image (JPEG, PNG ...) to grayscale `size` x `size` pixels.
 
+    Color and palette images become luma (ITU-R 601-2, Pillow's `convert("L")`), alpha and
+    transparency are dropped (as torchvision's image loader does), 16-bit samples (modes I;16,
+    I) are scaled to 8 bits (value / 257, rounded; mode I is clipped to 0..65535 first), and other
+    sizes are resized (bilinear). Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`)
+    applies, its warning level included.
+
     Returns:
         (uint8 array of shape (size, size), whether it had to be converted or resized).
+
+    Raises:
+        BadImage: the data cannot be decoded; its message is the reason: "empty file", "cannot
+            identify image file", "truncated", "decompression bomb" or "corrupt: <detail>".
     """
-    with Image.open(BytesIO(data)) as img:
-        converted = img.mode != "L" or img.size != (size, size)
-        img = img.convert("L")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
-        return np.asarray(img, dtype=np.uint8), converted
+    if not data:
+        raise BadImage("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(BytesIO(data)) as img:
+                converted = img.mode != "L" or img.size != (size, size)
+                img = _to_gray(img)
+                if img.size != (size, size):
+                    img = img.resize((size, size), Image.BILINEAR)
+                return np.asarray(img, dtype=np.uint8), converted
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        raise BadImage("decompression bomb") from err
+    except UnidentifiedImageError as err:
+        raise BadImage("cannot identify image file") from err
+    except Exception as err:  # Pillow reports corrupt data as OSError, SyntaxError, ValueError ...
+        raise BadImage("truncated" if "truncated" in str(err).lower() else f"corrupt: {err}"
+                       ) from err
 
 
-def _decode_members(archive: str, names: list[str], size: int) -> tuple[np.ndarray, int]:
-    """Decode `names` from the zip `archive` (run in a worker process)."""
+def _decode_members(archive: str, names: list[str], size: int
+                    ) -> tuple[np.ndarray, int, list[tuple[int, str]]]:
+    """Decode `names` from the zip `archive` (run in a worker process).
+
+    Returns:
+        (uint8 (n_good, size, size) pixels of the decodable ones in order, how many of them were
+        converted, [(index in `names`, reason)] of the others).
+    """
+    pixels, converted, bad = [], 0, []
     with zipfile.ZipFile(archive) as zf:
-        decoded = [decode_image(zf.read(name), size) for name in names]
-    return (np.stack([pixels for pixels, _ in decoded]) if decoded
-            else np.empty((0, size, size), np.uint8), sum(c for _, c in decoded))
+        for i, name in enumerate(names):
+            try:
+                image, was_converted = decode_image(zf.read(name), size)
+            except BadImage as err:
+                bad.append((i, str(err)))
+                continue
+            pixels.append(image)
+            converted += was_converted
+    return (np.stack(pixels) if pixels else np.empty((0, size, size), np.uint8), converted, bad)
 
 
 def decode_archive(archive: Path, size: int = IMAGE_SIZE, workers: int | None = None
-                   ) -> dict[str, tuple[dict[str, np.ndarray], int]]:
+                   ) -> dict[str, tuple[dict[str, np.ndarray], dict]]:
     """Decode every image of `data/raw/images.zip`, split by split, in a stable order.
 
     Images are ordered by class (CLASS_NAMES order), then file name, and decoded by `workers`
-    processes (default: one per CPU core).
+    processes (default: one per CPU core). Files that do not decode (see `decode_image`) are
+    left out and listed; no threshold is applied here.
 
     Returns:
-        {split: (arrays, converted)}: `images` uint8 (N, size, size), `labels` int64 (N,)
-        indexing CLASS_NAMES, `files` str (N,) as `<class>/<file name>`; and how many images
-        were converted to grayscale or resized.
+        {split: (arrays, info)}. arrays: `images` uint8 (N, size, size), `labels` int64 (N,)
+        indexing CLASS_NAMES, `files` str (N,) as `<class>/<file name>`, for the N decodable
+        files. info: `converted`, how many of them were converted to grayscale or resized;
+        `bad`, [(`<class>/<file name>`, reason)] of the files left out, in the same order.
 
     Raises:
-        DataError: the archive is missing or unreadable, or train or test has no images.
+        DataError: the archive is missing or unreadable, a member is not `<split>/<class>/<file>`
+            with a canonical class, or train or test has no decodable image.
     """
     if not archive.is_file():
         raise DataError(f"{archive}: not found (run the download stage)")
@@ -380,7 +714,11 @@ def decode_archive(archive: Path, size: int = IMAGE_SIZE, workers: int | None = 
     order = {cls: i for i, cls in enumerate(CLASS_NAMES)}
     members: dict[str, list[tuple[int, str, str]]] = {}
     for name in names:
-        split, cls, file = name.split("/", 2)
+        parts = name.split("/", 2)
+        if len(parts) != 3 or parts[1] not in order:
+            raise DataError(f"{archive}: unexpected member '{name}'; expected <split>/<class>/"
+                            f"<file> with a class in {list(CLASS_NAMES)}")
+        split, cls, file = parts
         members.setdefault(split, []).append((order[cls], file, name))
     workers = workers or os.cpu_count() or 1
     out = {}
@@ -392,14 +730,24 @@ def decode_archive(archive: Path, size: int = IMAGE_SIZE, workers: int | None = 
                                     [[n for _, _, n in chunk] for chunk in chunks],
                                     [size] * workers))
             images = np.empty((len(items), size, size), np.uint8)
-            for w, (pixels, _) in enumerate(results):
-                images[w::workers] = pixels
-            out[split] = ({"images": images,
-                           "labels": np.asarray([label for label, _, _ in items], np.int64),
-                           "files": np.asarray([f"{CLASS_NAMES[label]}/{file}"
-                                                for label, file, _ in items])},
-                          sum(c for _, c in results))
+            good = np.ones(len(items), bool)
+            bad = []
+            for w, (pixels, _, failed) in enumerate(results):
+                positions = np.arange(w, len(items), workers)
+                for i, reason in failed:
+                    good[positions[i]] = False
+                    bad.append((positions[i], reason))
+                images[positions[good[positions]]] = pixels
+            labels = np.asarray([label for label, _, _ in items], np.int64)
+            files = [f"{CLASS_NAMES[label]}/{file}" for label, file, _ in items]
+            out[split] = ({"images": images[good], "labels": labels[good],
+                           "files": np.asarray([f for f, ok in zip(files, good) if ok], str)},
+                          {"converted": sum(converted for _, converted, _ in results),
+                           "bad": [(files[p], reason) for p, reason in sorted(bad)]})
     for required in ("train", "test"):
-        if required not in out:
-            raise DataError(f"{archive}: no images in split '{required}'")
+        if required not in out or not len(out[required][0]["labels"]):
+            undecodable = len(out[required][1]["bad"]) if required in out else 0
+            raise DataError(f"{archive}: no images in split '{required}'"
+                            + (f" ({undecodable} files could not be decoded)"
+                               if undecodable else ""))
     return out

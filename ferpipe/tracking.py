@@ -5,10 +5,16 @@ under `<root>/mlartifacts/`, where `<root>` is the main repository: `DVC_ROOT` w
 in a temporary copy (`dvc exp run --temp` / `--queue` run under `.dvc/tmp/exps/` and set it),
 otherwise the working directory. The train stage starts the run and writes its id to a small JSON
 file; evaluate and plot reopen the run from that file.
+
+Parallel runs (`dvc queue start -j 2`) share that SQLite file. SQLite allows one writer at a time:
+the store is opened with a 60 s busy timeout (writers wait instead of failing with "database is
+locked"), and creating the database and the experiment, which MLflow does in several
+transactions, is serialized across processes by a lock file beside it (`mlflow.db.lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from contextlib import contextmanager
@@ -16,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
+from filelock import FileLock
 
 from ferpipe.data import read_json, write_json
 from ferpipe.params import flatten
@@ -26,9 +33,25 @@ def repo_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
+#: SQLite busy timeout, seconds: how long a writer waits for another process's transaction.
+SQLITE_TIMEOUT_S = 60
+
+
 def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI`, or the SQLite store `mlflow.db` at the main repo root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+    """`MLFLOW_TRACKING_URI`, or the SQLite store `mlflow.db` at the main repo root (with a
+    busy timeout of SQLITE_TIMEOUT_S seconds)."""
+    return (os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{repo_root() / 'mlflow.db'}?timeout={SQLITE_TIMEOUT_S}")
+
+
+def _store_lock() -> contextlib.AbstractContextManager:
+    """A cross-process lock (`<db>.lock`) for creating a SQLite store's tables and experiments;
+    a no-op for any other tracking URI (a server or database handles its own concurrency)."""
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    return FileLock(str(db.with_name(db.name + ".lock")), timeout=600)
 
 
 def artifact_location(experiment: str) -> str:
@@ -43,15 +66,13 @@ def artifact_location(experiment: str) -> str:
 def setup(experiment: str) -> str:
     """Point MLflow at the store and select (creating if needed) `experiment`; returns its id."""
     mlflow.set_tracking_uri(tracking_uri())
-    found = mlflow.get_experiment_by_name(experiment)
-    if found is not None:
-        exp_id = found.experiment_id
-    else:
-        try:
+    with _store_lock():  # the first connection creates the tables: one process at a time
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is not None:
+            exp_id = found.experiment_id
+        else:
             exp_id = mlflow.create_experiment(experiment, artifact_location=artifact_location(
                 experiment))
-        except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel run
-            exp_id = mlflow.get_experiment_by_name(experiment).experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
@@ -65,12 +86,16 @@ def git_commit() -> str:
         return ""
 
 
-def start_run(experiment: str, params: dict[str, Any], tags: dict[str, str]) -> mlflow.ActiveRun:
+def start_run(experiment: str, params: dict[str, Any], tags: dict[str, str],
+              run_id: str | None = None) -> mlflow.ActiveRun:
     """Start the pipeline's run: name = `DVC_EXP_NAME` when set; all params logged flattened.
 
-    Tags: git commit, `DVC_EXP_BASELINE_REV`, plus `tags` (device, torch version ...).
+    Tags: git commit, `DVC_EXP_BASELINE_REV`, plus `tags` (device, torch version ...). With
+    `run_id` (a resumed training run) that run is reopened instead, and keeps its params.
     """
     setup(experiment)
+    if run_id:
+        return mlflow.start_run(run_id=run_id)
     run = mlflow.start_run(run_name=os.environ.get("DVC_EXP_NAME") or None)
     mlflow.set_tags({"git_commit": git_commit(),
                      "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),

@@ -1,13 +1,16 @@
 """The training loop: device and AMP choice, optimizer, one-cycle schedule, epochs, validation.
 
 Laid out as torchvision's reference classification script: `train_one_epoch(...)` and
-`evaluate(...)` take the model and data explicitly; `fit(...)` runs the epochs and keeps the best
-model by validation accuracy.
+`validate(...)` take the model and data explicitly; `fit(...)` runs the epochs, keeps the best
+model by validation accuracy and, after every epoch, writes a resume checkpoint (`Resume`) from
+which an interrupted run continues where it stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -341,19 +344,6 @@ def predict_logits(model: nn.Module, images: torch.Tensor, ctx: StepContext,
     return torch.cat(out) if out else torch.empty(0)
 
 
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ctx: StepContext,
-             batch_size: int = 512) -> dict[str, Any]:
-    """Cross-entropy loss and accuracy on uint8 images (N, H, W) with int64 labels (N,).
-
-    Returns:
-        {"loss": float, "accuracy": float, "logits": float32 (N, C) CPU tensor}
-    """
-    logits = predict_logits(model, images, ctx, batch_size)
-    y = labels.cpu()
-    return {"loss": F.cross_entropy(logits, y).item(),
-            "accuracy": (logits.argmax(1) == y).float().mean().item(), "logits": logits}
-
-
 def validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ctx: StepContext,
              dist: Dist = Dist(), batch_size: int = 512) -> dict[str, float]:
     """Validation loss and accuracy, each rank scoring images[rank::world_size], summed over ranks.
@@ -363,23 +353,25 @@ def validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ctx: 
 
     Returns:
         {"loss": mean cross-entropy over all N images, "accuracy": fraction correct}: the same
-        numbers on every rank, equal to a single-process `evaluate` up to float rounding.
+        numbers on every rank, equal to a single-process run up to float rounding.
     """
     shard = slice(dist.rank, None, dist.world_size)
-    logits = predict_logits(model, images[shard], ctx, batch_size)
     y = labels[shard].cpu()
-    local = torch.tensor([F.cross_entropy(logits, y, reduction="sum").item() if len(y) else 0.0,
-                          (logits.argmax(1) == y).sum().item() if len(y) else 0.0, len(y)],
-                         dtype=torch.float64, device=ctx.device)
-    loss_sum, correct, n = all_reduce(local, dist).tolist()
-    return {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1)}
+    loss_sum = correct = 0.0
+    if len(y):  # a rank can get no images when val is smaller than the number of processes
+        logits = predict_logits(model, images[shard], ctx, batch_size)
+        loss_sum = F.cross_entropy(logits, y, reduction="sum").item()
+        correct = (logits.argmax(1) == y).sum().item()
+    total = all_reduce(torch.tensor([loss_sum, correct, len(y)], dtype=torch.float64,
+                                    device=ctx.device), dist).tolist()
+    return {"loss": total[0] / max(total[2], 1), "accuracy": total[1] / max(total[2], 1)}
 
 
 @dataclass
 class FitResult:
-    """What `fit` returns: per-epoch history rows, per-step LRs, the best epoch, and the images
+    """What `fit` returns: per-epoch history rows, per-step LRs, the best epoch, the images
     trained on (all ranks) with the seconds spent in train steps (augmentation included,
-    validation not)."""
+    validation not), and the wall seconds of all epochs (over every resumed session)."""
 
     history: list[dict[str, float]] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
@@ -387,6 +379,89 @@ class FitResult:
     best_val_accuracy: float = -1.0
     images: int = 0
     step_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    resumed_from: int = 0
+
+
+def fingerprint(params: dict[str, Any], files: list[str | Path], world_size: int = 1) -> str:
+    """sha256 over the params used, the bytes of `files` and the number of processes.
+
+    A resume checkpoint is used only when its fingerprint equals the new run's, so a change of
+    any param, of the training data or of the process count starts over.
+    """
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    digest.update(f"world_size={world_size}".encode())
+    for path in files:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Resume:
+    """Where `fit` keeps its resume checkpoint, and whether it may continue from it.
+
+    The checkpoint (written by rank 0 after every epoch, to a temp name then renamed, so a kill
+    never leaves a half-written one) holds: the fingerprint, the last completed epoch, the model,
+    optimizer, scheduler and GradScaler `state_dict`s, the best model's `state_dict`, the RNG
+    states (torch's global CPU and CUDA ones, the data-order generator and every rank's
+    augmentation generator), the FitResult so far, and `extra` (e.g. the MLflow run id).
+
+    Attributes:
+        path: the checkpoint file (e.g. models/resume.pt).
+        fingerprint: see `fingerprint()`; a checkpoint with another fingerprint is ignored.
+        extra: saved with each checkpoint, returned on load.
+        state: the loaded checkpoint, set by `load()` (None: start from epoch 1).
+    """
+
+    path: Path
+    fingerprint: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] | None = None
+
+    def load(self) -> dict[str, Any] | None:
+        """Read the checkpoint with `torch.load(weights_only=True)` if it exists and matches.
+
+        Returns:
+            The checkpoint dict, or None (no file, or written for other params/data; such a
+            file is left alone and replaced after this run's first epoch). Also kept in `state`.
+        """
+        self.state = None
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") != self.fingerprint:
+            print(f"{self.path}: written for other params or data; not resumed, starting over")
+            return None
+        self.state = state
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Write `state` (plus fingerprint and extra) atomically."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({**state, "fingerprint": self.fingerprint, "extra": self.extra}, tmp)
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        """Delete the checkpoint (the run finished)."""
+        self.path.unlink(missing_ok=True)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def gather_states(state: torch.Tensor, dist: Dist) -> list[torch.Tensor]:
+    """Every rank's generator state (uint8 tensor), in rank order; [state] when not distributed."""
+    if not dist.enabled:
+        return [state]
+    import torch.distributed as torch_dist
+
+    states: list[Any] = [None] * dist.world_size
+    torch_dist.all_gather_object(states, state)
+    return states
 
 
 def wrap_model(model: nn.Module, device: torch.device, dist: Dist = Dist(),
@@ -404,11 +479,19 @@ def wrap_model(model: nn.Module, device: torch.device, dist: Dist = Dist(),
     return model
 
 
+def make_loss(labels: np.ndarray, cfg: dict[str, Any], device: torch.device) -> nn.Module:
+    """Cross-entropy with the `train.label_smoothing` and `train.class_weights` of `cfg`
+    (weights computed from the int64 training labels (N,))."""
+    weights = class_weights(labels, cfg["class_weights"], len(CLASS_NAMES))
+    return nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device),
+                               label_smoothing=cfg["label_smoothing"])
+
+
 def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarray],
         cfg: dict[str, Any], aug: AugmentConfig, ctx: StepContext,
-        on_best: Callable[[int, float], None],
+        on_best: Callable[[int, float, dict[str, torch.Tensor]], None],
         on_epoch: Callable[[dict[str, float]], None] | None = None,
-        dist: Dist = Dist()) -> FitResult:
+        dist: Dist = Dist(), resume: Resume | None = None) -> FitResult:
     """Train for `cfg["epochs"]` epochs with the one-cycle schedule, validating after each.
 
     Args:
@@ -417,13 +500,18 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
         cfg: the `train` params section (lr, epochs, batch_size, optimizer, weight_decay,
             momentum, pct_start, grad_clip, label_smoothing, class_weights, seed; optional
             compile).
-        on_best: called as on_best(epoch, val_accuracy) when validation accuracy improves
-            (the caller saves the checkpoint). Called on rank 0 only.
+        on_best: called as on_best(epoch, val_accuracy, state_dict) when validation accuracy
+            improves, and once at the start of a resumed run with the best so far (the caller
+            saves the checkpoint). Called on rank 0 only.
         on_epoch: called with each history row (epoch, train_loss, train_accuracy, val_loss,
             val_accuracy, lr, seconds, images_per_s) (e.g. to log it to MLflow). Rank 0 only.
         dist: under torchrun, each rank trains on its own shard of every global batch
             (`shard_indices`) with gradients all-reduced by DistributedDataParallel; the
             order is seeded identically on all ranks, the augmentation per rank.
+        resume: where to write a resume checkpoint after every epoch; when its `state` is set
+            (see `Resume.load`), training continues after that state's epoch with the same
+            weights, optimizer, schedule, RNG states and history, so the result equals an
+            uninterrupted run's. None: no checkpoint.
 
     Raises:
         ValueError: the batch size is larger than the training split or not divisible by the
@@ -448,13 +536,32 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
     optimizer = make_optimizer(model, cfg["optimizer"], cfg["lr"], cfg["weight_decay"],
                                cfg.get("momentum", 0.9))
     scheduler = one_cycle(optimizer, cfg["lr"], cfg["epochs"] * steps, cfg["pct_start"])
-    weights = class_weights(train["labels"], cfg["class_weights"], len(CLASS_NAMES))
-    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device),
-                                  label_smoothing=cfg["label_smoothing"])
+    loss_fn = make_loss(train["labels"], cfg, device)
     scaler = torch.amp.GradScaler("cuda") if ctx.amp_dtype == torch.float16 else None
 
     result = FitResult()
-    for epoch in range(1, cfg["epochs"] + 1):
+    best_state: dict[str, torch.Tensor] = {}
+    state = resume.state if resume is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        order_gen.set_state(state["order_gen"])
+        aug_gen.set_state(state["aug_gen"][dist.rank])
+        result = FitResult(**state["result"])
+        result.resumed_from = state["epoch"]
+        best_state = state["best_model"]
+        if dist.is_main:
+            print(f"resuming after epoch {state['epoch']}/{cfg['epochs']} from {resume.path}",
+                  flush=True)
+            on_best(result.best_epoch, result.best_val_accuracy, best_state)
+
+    for epoch in range(result.resumed_from + 1, cfg["epochs"] + 1):
         start = time.perf_counter()
         order = torch.randperm(len(y_train), generator=order_gen, device=device)
         stats = train_one_epoch(net, x_train, y_train,
@@ -466,6 +573,7 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
         seconds = time.perf_counter() - start
         result.images += stats["images"]
         result.step_seconds += stats["seconds"]
+        result.wall_seconds += seconds
         result.lrs.extend(stats["lrs"])
         row = {"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
                "val_loss": val_stats["loss"], "val_accuracy": val_stats["accuracy"],
@@ -480,7 +588,18 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
             result.best_val_accuracy = row["val_accuracy"]
             result.best_epoch = epoch
             if dist.is_main:
-                on_best(epoch, row["val_accuracy"])
+                best_state = _cpu_state(model)
+                on_best(epoch, row["val_accuracy"], best_state)
         if on_epoch is not None and dist.is_main:
             on_epoch(row)
+        aug_states = gather_states(aug_gen.get_state(), dist)
+        if resume is not None and dist.is_main:
+            resume.save({
+                "epoch": epoch, "model": _cpu_state(model), "best_model": best_state,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "torch_rng": torch.get_rng_state(), "order_gen": order_gen.get_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "aug_gen": aug_states,
+                "result": {k: v for k, v in vars(result).items() if k != "resumed_from"}})
     return result

@@ -1,4 +1,4 @@
-"""Stage 1, download: fetch FER2013 and unpack it into data/raw/<split>/<class>/."""
+"""Stage 1, download: fetch FER2013 and normalize it into data/raw/images.zip."""
 
 import sys
 from pathlib import Path
@@ -12,12 +12,13 @@ from ferpipe.params import load_params, section, stage_args  # noqa: E402
 
 def main() -> None:
     args = stage_args(__doc__)
-    cfg = section(load_params(args.params), "download",
-                  required=("source", "local_archive", "sha256", "out"), path=args.params)
+    cfg = section(load_params(args.params), "download")
     counts = fetch_raw(cfg["source"], Path(cfg["local_archive"]), Path(cfg["out"]),
-                       sha256=cfg["sha256"])
+                       sha256=cfg["sha256"],
+                       max_unpacked_bytes=int(cfg["max_unpacked_mb"] * 2**20),
+                       max_members=cfg["max_members"])
     for split, per_class in counts.items():
-        print(f"{split}: {sum(per_class.values())} images {per_class}")
+        print(f"{split}: {sum(per_class.values())} files {per_class}")
     write_json({split: {"images": sum(c.values()), **c} for split, c in counts.items()},
                "metrics/raw.json")
 

@@ -19,8 +19,7 @@ from ferpipe.training import StepContext, predict_logits, resolve_device  # noqa
 
 def main() -> None:
     args = stage_args(__doc__)
-    cfg = section(load_params(args.params), "evaluate",
-                  required=("test", "model", "run", "batch_size", "device"), path=args.params)
+    cfg = section(load_params(args.params), "evaluate")
     model, ckpt = load_checkpoint(cfg["model"])
     device = resolve_device(cfg["device"])
     test = load_split(cfg["test"])

@@ -18,8 +18,7 @@ from ferpipe.params import load_params, section, stage_args  # noqa: E402
 
 def main() -> None:
     args = stage_args(__doc__)
-    cfg = section(load_params(args.params), "plot",
-                  required=("test", "run", "out", "grid", "grid_images", "seed"), path=args.params)
+    cfg = section(load_params(args.params), "plot")
     out = Path(cfg["out"])
     history = pd.read_csv("metrics/history.csv")
     pairs = pd.read_csv("metrics/confusion.csv")

@@ -1,35 +1,63 @@
-"""Stage 2, prepare: decode every image once into data/prepared/<split>.npz and carve val."""
+"""Stage 2, prepare: decode every image once, drop leaks and copies, carve val, write the arrays.
 
+Writes data/prepared/<split>.npz, metrics/data.json (images per split and class),
+metrics/quality.json (duplicates, test leakage, blank, bad and converted images per split and
+class) and metrics/bad_files.csv (every file that could not be decoded, with the reason).
+Nothing is written when a check fails.
+"""
+
+import csv
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ferpipe.data import class_counts, save_split, stratified_split, write_json  # noqa: E402
-from ferpipe.raw import RAW_ARCHIVE, decode_archive  # noqa: E402
+from ferpipe.data import (DataError, class_counts, save_split, stratified_split,  # noqa: E402
+                          write_json)
 from ferpipe.params import load_params, section, stage_args  # noqa: E402
+from ferpipe.quality import check_bad_fraction, clean_splits  # noqa: E402
+from ferpipe.raw import RAW_ARCHIVE, decode_archive  # noqa: E402
 
 
 def main() -> None:
     args = stage_args(__doc__)
-    cfg = section(load_params(args.params), "prepare",
-                  required=("raw", "out", "val_fraction", "seed", "image_size"), path=args.params)
+    cfg = section(load_params(args.params), "prepare")
     raw, out = Path(cfg["raw"]), Path(cfg["out"])
     decoded = decode_archive(raw / RAW_ARCHIVE, cfg["image_size"])
     splits = {split: arrays for split, (arrays, _) in decoded.items()}
-    converted = {split: n for split, (_, n) in decoded.items()}
+    info = {split: info for split, (_, info) in decoded.items()}
+    check_bad_fraction(splits, info, cfg["max_bad_fraction"])
+    splits, quality = clean_splits(
+        splits, drop_test_overlap=cfg["drop_test_overlap"], drop_uniform=cfg["drop_uniform"],
+        drop_duplicates=cfg["drop_duplicates"], uniform_std=cfg["uniform_std"])
+    for split, entry in info.items():
+        quality[split].update(bad=len(entry["bad"]), converted=entry["converted"])
     if "val" not in splits:
         splits["train"], splits["val"] = stratified_split(splits["train"], cfg["val_fraction"],
                                                           cfg["seed"])
+    for split in ("train", "val", "test"):
+        if len(splits[split]["labels"]) == 0:
+            raise DataError(f"prepare: no images left in split '{split}' after cleaning "
+                            f"(see the prepare.drop_* params)")
+
     report = {}
     for split in ("train", "val", "test"):
-        arrays = splits[split]
-        save_split(arrays, out / f"{split}.npz")
-        counts = class_counts(arrays["labels"])
-        report[split] = {"images": len(arrays["labels"]), "converted": converted.get(split, 0),
-                         **counts}
+        save_split(splits[split], out / f"{split}.npz")
+        report[split] = {"images": len(splits[split]["labels"]),
+                         **class_counts(splits[split]["labels"])}
         print(f"{split}: {report[split]}")
     write_json(report, "metrics/data.json")
+    write_json(quality, "metrics/quality.json")
+    with open("metrics/bad_files.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["split", "file", "reason"])
+        writer.writerows((split, file, reason) for split, entry in sorted(info.items())
+                         for file, reason in entry["bad"])
+    print("quality: " + ", ".join(f"{k} {v}" for k, v in quality["groups"].items()))
+    for split in quality:
+        if split != "groups":
+            print(f"  {split}: " + ", ".join(f"{k} {v}" for k, v in quality[split].items()
+                                             if k != "per_class"))
 
 
 if __name__ == "__main__":

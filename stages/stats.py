@@ -11,7 +11,7 @@ from ferpipe.params import load_params, section, stage_args  # noqa: E402
 
 def main() -> None:
     args = stage_args(__doc__)
-    cfg = section(load_params(args.params), "stats", required=("train", "out"), path=args.params)
+    cfg = section(load_params(args.params), "stats")
     stats = pixel_stats(load_split(cfg["train"])["images"])
     print(f"train pixels: mean {stats['mean']:.4f}, std {stats['std']:.4f} ({stats['pixels']})")
     write_json(stats, cfg["out"])

@@ -2,13 +2,15 @@
 
 Runs as one process (`python stages/train.py`) or data-parallel under torchrun
 (`torchrun --standalone --nproc_per_node=N stages/train.py`), where rank 0 writes every output.
+After every epoch it writes `<out>/resume.pt`; when the stage is killed and run again with the same
+params and data, it continues after the last completed epoch, in the same MLflow run. The file is
+deleted when training finishes.
 """
 
 import contextlib
 import csv
 import resource
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -21,12 +23,8 @@ from ferpipe.augment import AugmentConfig  # noqa: E402
 from ferpipe.data import CLASS_NAMES, load_split, read_json, write_json  # noqa: E402
 from ferpipe.model import build_model, save_checkpoint  # noqa: E402
 from ferpipe.params import load_params, section, stage_args  # noqa: E402
-from ferpipe.training import (StepContext, all_reduce, fit, init_distributed,  # noqa: E402
-                              resolve_amp, shutdown_distributed)
-
-TRAIN_KEYS = ("data", "stats", "out", "lr", "epochs", "batch_size", "optimizer", "weight_decay",
-              "pct_start", "grad_clip", "label_smoothing", "class_weights", "seed", "device",
-              "amp", "channels_last", "compile", "launcher", "experiment")
+from ferpipe.training import (Resume, StepContext, all_reduce, fingerprint, fit,  # noqa: E402
+                              init_distributed, resolve_amp, shutdown_distributed)
 
 
 def peak_rss_mb() -> float:
@@ -45,10 +43,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
 def main() -> None:
     args = stage_args(__doc__)
     params = load_params(args.params)
-    cfg = section(params, "train", required=TRAIN_KEYS, path=args.params)
-    model_cfg = section(params, "model", required=("stem", "pretrained", "hidden", "dropout"),
-                        path=args.params)
-    aug = AugmentConfig.from_params(section(params, "augment", path=args.params))
+    cfg, model_cfg = section(params, "train"), section(params, "model")
+    aug = AugmentConfig.from_params(section(params, "augment"))
     used = {"train": cfg, "model": model_cfg, "augment": section(params, "augment")}
 
     dist, device = init_distributed(cfg["device"])
@@ -76,15 +72,24 @@ def train_model(cfg: dict, model_cfg: dict, aug: AugmentConfig, used: dict, dist
         print(f"device {device} x {dist.world_size} process(es), precision {precision}, "
               f"{len(train['labels'])} train / {len(val['labels'])} val images")
         out.mkdir(parents=True, exist_ok=True)
+    resume = None
+    if cfg["resume"]:
+        resume = Resume(out / "resume.pt", fingerprint(
+            used, [data_dir / "train.npz", data_dir / "val.npz", cfg["stats"]], dist.world_size))
+        resume.load()
+    run_id = resume.state["extra"].get("run_id") if resume and resume.state else None
     run_context = tracking.start_run(cfg["experiment"], used, {
         "device": str(device), "precision": precision, "torch_version": torch.__version__,
-        "world_size": str(dist.world_size)}) if dist.is_main else contextlib.nullcontext()
+        "world_size": str(dist.world_size)}, run_id=run_id) if dist.is_main \
+        else contextlib.nullcontext()
     with run_context as run:
         if dist.is_main:
             tracking.write_run_ref(out / "mlflow_run.json", run, cfg["experiment"])
+            if resume is not None:
+                resume.extra["run_id"] = run.info.run_id
 
-        def on_best(epoch: int, val_accuracy: float) -> None:
-            save_checkpoint(out / "model.pt", model, class_names=list(CLASS_NAMES),
+        def on_best(epoch: int, val_accuracy: float, state_dict: dict) -> None:
+            save_checkpoint(out / "model.pt", state_dict, class_names=list(CLASS_NAMES),
                             mean=stats["mean"], std=stats["std"],
                             image_size=train["images"].shape[-1], params=used,
                             extra={"epoch": epoch, "val_accuracy": val_accuracy})
@@ -92,9 +97,8 @@ def train_model(cfg: dict, model_cfg: dict, aug: AugmentConfig, used: dict, dist
         def on_epoch(row: dict) -> None:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
-        start = time.perf_counter()
-        result = fit(model, train, val, cfg, aug, ctx, on_best, on_epoch, dist)
-        wall = time.perf_counter() - start
+        result = fit(model, train, val, cfg, aug, ctx, on_best, on_epoch, dist, resume)
+        wall = result.wall_seconds
         # The largest peak over the ranks (each holds its own copy of the arrays).
         peak = all_reduce(torch.tensor([peak_rss_mb()], dtype=torch.float64, device=device),
                           dist, op="max").item()
@@ -106,11 +110,14 @@ def train_model(cfg: dict, model_cfg: dict, aug: AugmentConfig, used: dict, dist
                    "epochs": len(result.history), "train_minutes": wall / 60,
                    "images_per_s": result.images / result.step_seconds,
                    "peak_rss_mb": round(peak, 1), "world_size": dist.world_size,
+                   "resumed_after_epoch": result.resumed_from,
                    "device": str(device), "precision": precision}
         write_json(metrics, "metrics/train.json")
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         mlflow.log_artifact("metrics/history.csv")
         tracking.log_model(out / "model.pt")
+        if resume is not None:
+            resume.remove()
     print(f"best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}; "
           f"{wall / 60:.1f} min, peak memory {peak:.0f} MiB")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -45,3 +47,26 @@ def make_zip(folder: Path, zip_path: Path, prefix: str = "") -> Path:
             if f.is_file():
                 zf.write(f, prefix + f.relative_to(folder).as_posix())
     return zip_path
+
+
+def make_tar(folder: Path, tar_path: Path, prefix: str = "") -> Path:
+    """Tar (gzip-compressed when the name ends in .gz) every file under `folder` into `tar_path`."""
+    with tarfile.open(tar_path, "w:gz" if tar_path.suffix == ".gz" else "w") as tf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                tf.add(f, prefix + f.relative_to(folder).as_posix())
+    return tar_path
+
+
+def write_fer2013_csv(path: Path, rows: list[tuple[int | str, np.ndarray | str, str]]) -> Path:
+    """Write a challenge-style CSV (`emotion,pixels,Usage`) with one line per (emotion, pixels,
+    usage) row; `pixels` is a uint8 (48, 48) array (written as 2304 space-separated ints) or the
+    raw text to write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["emotion", "pixels", "Usage"])
+        for emotion, pixels, usage in rows:
+            text = pixels if isinstance(pixels, str) else " ".join(map(str, pixels.ravel()))
+            writer.writerow([emotion, text, usage])
+    return path

@@ -157,7 +157,7 @@ def test_decode_archive_converts_rgb_resizes_and_orders_by_class_then_name(tmp_p
     assert sorted(decoded) == ["test", "train"]
     arrays, converted = decoded["train"]
     assert arrays["images"].shape == (9, 48, 48) and arrays["images"].dtype == np.uint8
-    assert converted == 1
+    assert converted == {"converted": 1, "bad": []}
     assert arrays["labels"].tolist() == [0, 1, 2, 3, 3, 3, 4, 5, 6]
     assert arrays["files"][3:6].tolist() == ["happy/a.png", "happy/b.png", "happy/train_happy_0.jpg"]
     assert arrays["images"][3].max() == 7

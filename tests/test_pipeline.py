@@ -1,32 +1,17 @@
 """End to end: the real `dvc repro`, `dvc exp run` and `dvc plots diff` on a tiny generated dataset."""
 
-import csv
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from tests.fakedata import make_image_folders, make_zip
+from tests.fakerepo import make_repo, read_csv, sh, store_runs
 
-ROOT = Path(__file__).resolve().parents[1]
-COPY = ["ferpipe", "stages", "dvc.yaml", "params.yaml", ".gitignore"]
 EPOCHS = 2
-
-
-def sh(args, cwd, env, stdout_only=False):
-    """Run a command, failing the test with its output when it fails."""
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout if stdout_only else proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -36,31 +21,9 @@ def repo(tmp_path_factory):
     counts = make_image_folders(tmp / "images", n_train=20, n_test=6)
     archive = make_zip(tmp / "images", tmp / "fer_tiny.zip")
     repo = tmp / "repo"
-    repo.mkdir()
-    for name in COPY:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, repo / name)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["download"]["source"] = str(archive)
-    params["model"]["stem"] = "standard"
-    params["train"].update(epochs=EPOCHS, batch_size=16, lr=0.003)
-    params["plot"]["grid_images"] = 16
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@example.com")
-    sh(["git", "init", "-q"], repo, env)
-    sh(["git", "config", "user.name", "t"], repo, env)
-    sh(["git", "config", "user.email", "t@example.com"], repo, env)
-    sh(["dvc", "init", "-q"], repo, env)
-    sh(["dvc", "config", "core.analytics", "false"], repo, env)
-    sh(["git", "add", "-A"], repo, env)
-    sh(["git", "commit", "-qm", "init"], repo, env)
+    env = make_repo(repo, archive, model={"stem": "standard"},
+                    train={"epochs": EPOCHS, "batch_size": 16, "lr": 0.003},
+                    plot={"grid_images": 16})
     out = sh(["dvc", "repro"], repo, env)
     return {"path": repo, "env": env, "counts": counts, "repro_log": out,
             "outputs": output_files(repo)}
@@ -70,17 +33,6 @@ def output_files(repo_path):
     """Every file under models/ and metrics/, relative to the repo."""
     return sorted(str(p.relative_to(repo_path)) for folder in ("models", "metrics")
                   for p in (repo_path / folder).rglob("*") if p.is_file())
-
-
-def store_runs(repo_path):
-    """(client, every run) of the MLflow store at the repo root, as `mlflow ui` there sees it."""
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo_path / 'mlflow.db'}")
-    return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
-
-
-def read_csv(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def test_repro_writes_sane_outputs(repo):

@@ -10,8 +10,9 @@ import torch
 from ferpipe import training
 from ferpipe.augment import AugmentConfig
 from ferpipe.model import build_model
-from ferpipe.training import (Dist, StepContext, class_weights, evaluate, fit, make_optimizer,
-                              one_cycle, resolve_amp, resolve_device, shard_indices)
+from ferpipe.training import (Dist, Resume, StepContext, class_weights, fingerprint, fit,
+                              make_optimizer, one_cycle, resolve_amp, resolve_device,
+                              shard_indices, validate)
 from tests.fakedata import face_like
 
 CFG = {"lr": 3e-3, "epochs": 3, "batch_size": 16, "optimizer": "adamw", "weight_decay": 0.0,
@@ -63,14 +64,15 @@ def tiny_split(n_per_class, seed):
     return {"images": images, "labels": labels.astype(np.int64)}
 
 
-def run_fit(epochs=3):
+def run_fit(epochs=3, resume=None, on_epoch=None, hidden=0):
     torch.manual_seed(0)
-    model = build_model(7, stem="standard")
+    model = build_model(7, stem="standard", hidden=hidden, dropout=0.5 if hidden else 0.0)
     ctx = StepContext(torch.device("cpu"), 0.4, 0.2)
     best = []
     result = fit(model, tiny_split(12, 0), tiny_split(4, 1), {**CFG, "epochs": epochs},
-                 AugmentConfig(rotation=5, erasing=0.0), ctx,
-                 on_best=lambda e, acc: best.append((e, acc)))
+                 AugmentConfig(rotation=5, erasing=0.3), ctx,
+                 on_best=lambda e, acc, state: best.append((e, acc, state)),
+                 on_epoch=on_epoch, resume=resume)
     return model, result, best
 
 
@@ -79,22 +81,85 @@ def test_fit_learns_and_is_deterministic():
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     assert len(result.lrs) == 3 * (84 // 16)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
-    assert best and best[-1] == (result.best_epoch, result.best_val_accuracy)
+    assert best and best[-1][:2] == (result.best_epoch, result.best_val_accuracy)
     assert result.best_val_accuracy == max(r["val_accuracy"] for r in result.history)
     assert result.images == 3 * 80 and result.step_seconds > 0
     _, again, _ = run_fit()
     assert [r["train_loss"] for r in again.history] == [r["train_loss"] for r in result.history]
 
 
-def test_evaluate_accuracy_matches_argmax():
+def test_validate_matches_argmax_accuracy_and_cross_entropy():
     model = build_model(7).eval()
     data = tiny_split(2, 3)
     ctx = StepContext(torch.device("cpu"), 0.4, 0.2)
-    out = evaluate(model, torch.from_numpy(data["images"]), torch.from_numpy(data["labels"]), ctx,
-                   batch_size=5)
-    assert out["logits"].shape == (14, 7)
-    expected = (out["logits"].argmax(1).numpy() == data["labels"]).mean()
-    assert out["accuracy"] == pytest.approx(expected)
+    images, labels = torch.from_numpy(data["images"]), torch.from_numpy(data["labels"])
+    out = validate(model, images, labels, ctx, batch_size=5)
+    logits = training.predict_logits(model, images, ctx)
+    assert logits.shape == (14, 7)
+    assert out["accuracy"] == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+    assert out["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item())
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
+    """Stopped in epoch 3 (after epoch 2's checkpoint), a new process-like start resumes after
+    epoch 2 and ends with the same history, LRs, best epoch and weights as a run never stopped
+    (dropout and random erasing included, so every RNG state matters)."""
+    _, full, full_best = run_fit(epochs=4, hidden=16)
+    model_full = full_best[-1][2]
+
+    def stop_in_epoch_3(row):
+        if row["epoch"] == 3:
+            raise Interrupt  # on_epoch runs before the epoch's checkpoint: epoch 2's is the last
+
+    resume = Resume(tmp_path / "resume.pt", "fp-1", extra={"run_id": "abc"})
+    with pytest.raises(Interrupt):
+        run_fit(epochs=4, resume=resume, on_epoch=stop_in_epoch_3, hidden=16)
+    state = torch.load(tmp_path / "resume.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["extra"] == {"run_id": "abc"}
+    assert len(state["result"]["history"]) == 2
+    assert not (tmp_path / "resume.pt.tmp").exists()
+
+    again = Resume(tmp_path / "resume.pt", "fp-1")
+    assert again.load() is not None
+    model, resumed, best = run_fit(epochs=4, resume=again, hidden=16)
+    assert resumed.resumed_from == 2
+    first_two = max(full.history[:2], key=lambda r: r["val_accuracy"])  # re-saved on resume
+    assert best[0][:2] == (first_two["epoch"], first_two["val_accuracy"])
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    for a, b in zip(resumed.history, full.history):
+        assert {k: v for k, v in a.items() if k not in ("seconds", "images_per_s")} == \
+            {k: v for k, v in b.items() if k not in ("seconds", "images_per_s")}
+    assert resumed.lrs == full.lrs and resumed.images == full.images
+    assert (resumed.best_epoch, resumed.best_val_accuracy) == (full.best_epoch,
+                                                               full.best_val_accuracy)
+    for key, value in best[-1][2].items():
+        torch.testing.assert_close(value, model_full[key], rtol=0, atol=0)
+
+
+def test_resume_ignores_a_checkpoint_of_other_params(tmp_path, capsys):
+    resume = Resume(tmp_path / "resume.pt", "fp-1")
+    run_fit(epochs=1, resume=resume)
+    assert Resume(tmp_path / "resume.pt", "fp-1").load()["epoch"] == 1
+    other = Resume(tmp_path / "resume.pt", "fp-2")
+    assert other.load() is None and other.state is None
+    assert "other params or data; not resumed" in capsys.readouterr().out
+    _, result, _ = run_fit(epochs=2, resume=other)
+    assert result.resumed_from == 0 and len(result.history) == 2
+
+
+def test_fingerprint_changes_with_params_data_and_processes(tmp_path):
+    data = tmp_path / "train.npz"
+    data.write_bytes(b"abc")
+    base = fingerprint({"train": {"lr": 0.1}}, [data])
+    assert base == fingerprint({"train": {"lr": 0.1}}, [data])
+    assert base != fingerprint({"train": {"lr": 0.2}}, [data])
+    assert base != fingerprint({"train": {"lr": 0.1}}, [data], world_size=2)
+    data.write_bytes(b"abd")
+    assert base != fingerprint({"train": {"lr": 0.1}}, [data])
 
 
 def test_shard_indices_splits_every_global_batch_disjointly():
@@ -136,7 +201,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         best = []
         result = fit(model, tiny_split(12, 0), tiny_split(5, 1), {**CFG, "epochs": 2},
                      AugmentConfig(rotation=5), StepContext(device, 0.4, 0.2),
-                     on_best=lambda e, acc: best.append(e), dist=dist)
+                     on_best=lambda e, acc, state: best.append(e), dist=dist)
         weights = torch.cat([p.detach().flatten() for p in model.parameters()])
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps({
             "seen": seen, "history": result.history, "n_lrs": len(result.lrs), "best": best,

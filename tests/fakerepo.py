@@ -1,0 +1,67 @@
+"""A throw-away git + DVC repo holding a copy of the project, for end-to-end tests."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COPY = ["ferpipe", "stages", "dvc.yaml", "params.yaml", ".gitignore"]
+
+
+def sh(args, cwd, env, stdout_only=False):
+    """Run a command, failing the test with its output when it fails."""
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout if stdout_only else proc.stdout + proc.stderr
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without MLflow/DVC variables, with this venv's tools first on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@example.com")
+    return env
+
+
+def make_repo(repo: Path, archive: Path, **sections) -> dict:
+    """Copy the project into `repo`, point download.source at `archive`, update params
+    (`train={"epochs": 2}` ...), `git init` + `dvc init` and commit. Returns the env to run in."""
+    repo.mkdir(parents=True)
+    for name in COPY:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, repo / name)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["download"]["source"] = str(archive)
+    for section, values in sections.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = clean_env()
+    sh(["git", "init", "-q"], repo, env)
+    sh(["dvc", "init", "-q"], repo, env)
+    sh(["dvc", "config", "core.analytics", "false"], repo, env)
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "commit", "-qm", "init"], repo, env)
+    return env
+
+
+def store_runs(repo_path: Path):
+    """(client, every run) of the MLflow store at the repo root, as `mlflow ui` there sees it."""
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo_path / 'mlflow.db'}")
+    return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))

@@ -1,0 +1,101 @@
+"""Faults a team meets: a killed training run, parallel queued experiments, sharing through a remote."""
+
+import json
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+import torch
+
+from tests.fakedata import make_image_folders, make_zip
+from tests.fakerepo import make_repo, read_csv, sh, store_runs
+
+EPOCHS = 5
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A repo with data prepared (download, prepare, stats), set for a 5-epoch training run of a
+    few seconds per epoch."""
+    tmp = tmp_path_factory.mktemp("faults")
+    make_image_folders(tmp / "images", n_train=40, n_test=6)
+    archive = make_zip(tmp / "images", tmp / "fer_tiny.zip")
+    path = tmp / "repo"
+    env = make_repo(path, archive, model={"stem": "standard"},
+                    train={"epochs": EPOCHS, "batch_size": 16}, plot={"grid_images": 4})
+    sh(["dvc", "repro", "stats"], path, env)
+    return {"path": path, "env": env, "tmp": tmp}
+
+
+def train_process(parent: psutil.Process, timeout: float = 120) -> psutil.Process:
+    """The `stages/train.py` process DVC started under `parent`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for child in parent.children(recursive=True):
+            try:
+                if any("stages/train.py" in part for part in child.cmdline()):
+                    return child
+            except psutil.NoSuchProcess:
+                pass
+        time.sleep(0.1)
+    raise AssertionError("the train stage did not start")
+
+
+def test_killed_training_resumes_from_the_last_completed_epoch(repo):
+    r, env = repo["path"], repo["env"]
+    resume_file = r / "models/resume.pt"
+    dvc = subprocess.Popen(["dvc", "repro"], cwd=r, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        train = train_process(psutil.Process(dvc.pid))
+        deadline = time.time() + 300
+        while time.time() < deadline:  # wait for epoch 2's checkpoint, then kill in epoch 3
+            if resume_file.exists() and torch.load(resume_file, weights_only=True)["epoch"] == 2:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("no checkpoint after epoch 2")
+        time.sleep(0.5)  # into epoch 3 (an epoch takes a few seconds here)
+        train.send_signal(signal.SIGKILL)
+        out = dvc.communicate(timeout=120)[0]
+    finally:
+        dvc.kill()
+    assert dvc.returncode != 0, out
+    assert torch.load(resume_file, weights_only=True)["epoch"] == 2
+    run_id = json.loads((r / "models/mlflow_run.json").read_text())["run_id"]
+
+    out = sh(["dvc", "repro"], r, env)
+    assert f"resuming after epoch 2/{EPOCHS}" in out
+    assert "epoch 1:" not in out and "epoch 3:" in out
+    history = read_csv(r / "metrics/history.csv")
+    assert [int(row["epoch"]) for row in history] == list(range(1, EPOCHS + 1))
+    train_json = json.loads((r / "metrics/train.json").read_text())
+    assert train_json["epochs"] == EPOCHS and train_json["resumed_after_epoch"] == 2
+    steps_per_epoch = len(read_csv(r / "metrics/lr.csv")) // EPOCHS
+    assert len(read_csv(r / "metrics/lr.csv")) == EPOCHS * steps_per_epoch
+    assert not resume_file.exists()  # removed once training finished
+    ckpt = torch.load(r / "models/model.pt", weights_only=True)
+    assert ckpt["epoch"] == train_json["best_epoch"]
+
+    client, runs = store_runs(r)
+    assert [run.info.run_id for run in runs] == [run_id]  # the same MLflow run, continued
+    assert runs[0].info.status == "FINISHED"
+    steps = sorted({m.step for m in client.get_metric_history(run_id, "val_accuracy")})
+    assert steps == list(range(1, EPOCHS + 1))
+    assert "test_accuracy" in runs[0].data.metrics
+    assert "up to date" in sh(["dvc", "status"], r, env)
+
+
+def test_a_checkpoint_from_other_params_is_not_resumed(repo):
+    r, env = repo["path"], repo["env"]
+    params = (r / "params.yaml").read_text()
+    # Leave a checkpoint of the current params behind, then change a param.
+    resume_file = r / "models/resume.pt"
+    torch.save({"fingerprint": "something else", "epoch": 3}, resume_file)
+    out = sh(["dvc", "repro", "-f", "train"], r, env)
+    assert "not resumed, starting over" in out and "resuming" not in out
+    assert "epoch 1:" in out
+    assert (r / "params.yaml").read_text() == params
+    assert not resume_file.exists()
