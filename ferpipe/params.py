@@ -112,6 +112,11 @@ class Evaluate(_Section):
     run: Path_
     batch_size: Count
     device: Device
+    tta: Literal["none", "hflip", "ten_crop"]
+    tta_crop: Annotated[int, Field(ge=8, le=1024)]
+    registry: bool
+    registry_name: Annotated[str, Field(min_length=1)]
+    registry_alias: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")]
 
 
 class Plot(_Section):
@@ -149,6 +154,9 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
         return f"{key}: got {err.get('input')!r}; expected auto, cpu, mps, cuda or cuda:<index>"
     if err["type"] == "string_pattern_mismatch" and loc[-1] == "sha256":
         return f"{key}: got {err.get('input')!r}; expected null or 64 hexadecimal digits"
+    if err["type"] == "string_pattern_mismatch" and loc[-1] == "registry_alias":
+        return (f"{key}: got {err.get('input')!r}; expected a name of letters, digits, _ and - "
+                f"(an MLflow model alias, e.g. candidate)")
     if err["type"] == "missing":
         return f"{key}: missing (required)"
     return f"{key}: got {err.get('input')!r}; {err['msg'][0].lower()}{err['msg'][1:]}"

@@ -26,6 +26,11 @@ from ferpipe.params import load_params, section, stage_args  # noqa: E402
 from ferpipe.training import (Resume, StepContext, all_reduce, fingerprint, fit,  # noqa: E402
                               init_distributed, resolve_amp, shutdown_distributed)
 
+#: The code a resume checkpoint must have been written by (with the same params and data): this
+#: script and the package modules it trains with.
+CODE = [Path(__file__), *(Path(sys.modules[f"ferpipe.{name}"].__file__) for name in
+                          ("augment", "data", "model", "params", "tracking", "training"))]
+
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
@@ -75,7 +80,8 @@ def train_model(cfg: dict, model_cfg: dict, aug: AugmentConfig, used: dict, dist
     resume = None
     if cfg["resume"]:
         resume = Resume(out / "resume.pt", fingerprint(
-            used, [data_dir / "train.npz", data_dir / "val.npz", cfg["stats"]], dist.world_size))
+            used, [data_dir / "train.npz", data_dir / "val.npz", cfg["stats"], *CODE],
+            dist.world_size))
         resume.load()
     run_id = resume.state["extra"].get("run_id") if resume and resume.state else None
     run_context = tracking.start_run(cfg["experiment"], used, {

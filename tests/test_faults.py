@@ -99,3 +99,58 @@ def test_a_checkpoint_from_other_params_is_not_resumed(repo):
     assert "epoch 1:" in out
     assert (r / "params.yaml").read_text() == params
     assert not resume_file.exists()
+
+
+def test_two_queued_experiments_run_at_once_and_both_reach_mlflow(repo):
+    r, env = repo["path"], repo["env"]
+    sh(["git", "add", "-A"], r, env)
+    sh(["git", "commit", "-qm", "baseline"], r, env)
+    _, before = store_runs(r)
+    for lr in ("0.001", "0.002"):
+        sh(["dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}", "-S", "train.epochs=2"], r, env)
+    sh(["dvc", "queue", "start", "-j", "2"], r, env)
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        status = sh(["dvc", "queue", "status"], r, env)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    else:
+        raise AssertionError(f"queue did not finish:\n{status}")
+    sh(["dvc", "queue", "stop"], r, env)
+    assert status.count("Success") == 2, status
+    for line in status.splitlines():
+        if "Success" in line:
+            logs = sh(["dvc", "queue", "logs", line.split()[0]], r, env)
+            assert "database is locked" not in logs and "Traceback" not in logs
+
+    client, runs = store_runs(r)
+    new = [run for run in runs if run.info.run_id not in {b.info.run_id for b in before}]
+    assert sorted(run.data.params["train.lr"] for run in new) == ["0.001", "0.002"]
+    for run in new:
+        assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+        assert steps == [1, 2]
+    shown = json.loads(sh(["dvc", "exp", "show", "--json"], r, env, stdout_only=True))
+    lrs = {rev["data"]["params"]["params.yaml"]["data"]["train"]["lr"]
+           for baseline in shown for exp in baseline.get("experiments") or []
+           for rev in exp["revs"] if rev["data"].get("metrics")}
+    assert {0.001, 0.002} <= lrs
+
+
+def test_push_then_pull_into_a_fresh_clone_restores_data_and_model_byte_for_byte(repo):
+    r, env, tmp = repo["path"], repo["env"], repo["tmp"]
+    sh(["dvc", "remote", "add", "-d", "shared", str(tmp / "remote")], r, env)
+    sh(["git", "add", "-A"], r, env)
+    sh(["git", "commit", "-qm", "remote"], r, env)
+    sh(["dvc", "push"], r, env)
+    clone = tmp / "clone"
+    sh(["git", "clone", "-q", str(r), str(clone)], tmp, env)
+    outputs = ["data/raw/images.zip", "data/prepared/train.npz", "data/prepared/val.npz",
+               "data/prepared/test.npz", "data/stats.json", "models/model.pt",
+               "models/mlflow_run.json", "metrics/predictions.png"]
+    assert not any((clone / path).exists() for path in outputs)
+    sh(["dvc", "pull"], clone, env)
+    for path in outputs:
+        assert (clone / path).read_bytes() == (r / path).read_bytes(), path
+    assert "up to date" in sh(["dvc", "status"], clone, env)
