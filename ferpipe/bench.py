@@ -17,6 +17,10 @@ after bare + pipeline (real arrays, model, optimizer: what the train stage holds
 the data stages (download from the local archive, prepare, stats) run in a temporary folder, and
 optionally the time of a no-op `dvc repro`. Bare, pipeline and baseline are measured in turns
 (`--rounds`) so drifting machine speed hits all three alike.
+
+`--predict` measures the predict command's latency instead: milliseconds per photo for a 640 x 480
+JPEG with one face (scikit-image's astronaut portrait, resized), model already loaded: decoding,
+face detection, and cropping + classifying, each and in all.
 """
 
 from __future__ import annotations
@@ -216,6 +220,50 @@ def noop_repro_seconds() -> float | None:
     return time.perf_counter() - start
 
 
+def predict_latency(checkpoint: Path, repeats: int, tta: str = "none") -> dict[str, Any]:
+    """Milliseconds per 640 x 480 photo with one face through the predict command's steps.
+
+    Returns:
+        median and 90th-percentile ms of decode (JPEG bytes -> grayscale), detect (Haar cascade),
+        classify (crop + model) and total, over `repeats` runs after 3 warm-up runs; the faces
+        found.
+    """
+    from io import BytesIO
+
+    from PIL import Image
+    from skimage import data as skdata
+
+    from ferpipe.inference import Classifier
+    from ferpipe.predict import Predictor, crop_face, load_gray
+
+    buffer = BytesIO()
+    Image.fromarray(skdata.astronaut()).resize((640, 480)).save(buffer, "JPEG", quality=90)
+    predictor = Predictor(Classifier.from_checkpoint(checkpoint), tta=tta)
+    size = predictor.classifier.image_size
+    times: dict[str, list[float]] = {"decode": [], "detect": [], "classify": [], "total": []}
+    faces = 0
+    for i in range(repeats + 3):
+        t0 = time.perf_counter()
+        _, gray = load_gray(BytesIO(buffer.getvalue()))
+        t1 = time.perf_counter()
+        boxes = predictor.detector.detect(gray)
+        t2 = time.perf_counter()
+        crops = np.stack([crop_face(gray, box, predictor.margin, size) for box in boxes])
+        predictor.classifier.predict(crops, tta)
+        t3 = time.perf_counter()
+        faces = len(boxes)
+        if i >= 3:
+            for key, seconds in (("decode", t1 - t0), ("detect", t2 - t1), ("classify", t3 - t2),
+                                 ("total", t3 - t0)):
+                times[key].append(seconds * 1000)
+    result: dict[str, Any] = {"photo": "640x480 JPEG", "faces": faces, "repeats": repeats,
+                              "tta": tta, "threads": torch.get_num_threads()}
+    for key, values in times.items():
+        result[f"{key}_ms_median"] = round(float(np.median(values)), 2)
+        result[f"{key}_ms_p90"] = round(float(np.percentile(values, 90)), 2)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the figures and return them.
 
@@ -242,7 +290,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--noop-repro", action="store_true",
                    help="also time a no-op `dvc repro` (only if `dvc status` is clean)")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    p.add_argument("--predict", action="store_true",
+                   help="measure the predict command's latency per photo instead")
+    p.add_argument("--model", type=Path, default=Path("models/model.pt"),
+                   help="checkpoint for --predict (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=50, help="photos timed with --predict")
+    p.add_argument("--tta", choices=["none", "hflip", "ten_crop"], default="none",
+                   help="TTA for --predict")
     args = p.parse_args(argv)
+    if args.predict:
+        result = predict_latency(args.model, args.repeats, args.tta)
+        print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return result
 
     params = load_params(args.params)
     if args.channels_last:

@@ -1,4 +1,9 @@
-"""Stage 5, evaluate: score the best checkpoint on the test split (never seen in training)."""
+"""Stage 5, evaluate: score the best checkpoint on the test split (never seen in training), with and
+without test-time augmentation, run it on a real photo, and register it in the MLflow model
+registry.
+
+The photo is scikit-image's public-domain NASA portrait (`skimage.data.astronaut()`), put through
+the predict command's face detection and drawn with its prediction to metrics/astronaut.png."""
 
 import csv
 import sys
@@ -7,14 +12,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from skimage import data as skdata  # noqa: E402
 
-from ferpipe import tracking  # noqa: E402
+from ferpipe import serving, tracking  # noqa: E402
 from ferpipe.data import load_split, write_json  # noqa: E402
+from ferpipe.inference import Classifier, predict_proba  # noqa: E402
 from ferpipe.metrics import classification_metrics, report_text  # noqa: E402
 from ferpipe.model import load_checkpoint  # noqa: E402
 from ferpipe.params import flatten, load_params, section, stage_args  # noqa: E402
-from ferpipe.training import StepContext, predict_logits, resolve_device  # noqa: E402
+from ferpipe.predict import Predictor, annotate  # noqa: E402
+from ferpipe.training import resolve_device  # noqa: E402
+
+#: Metrics also reported without TTA, so `dvc exp show` shows the gain.
+COMPARED = ("accuracy", "macro_f1", "top2_accuracy", "loss")
 
 
 def main() -> None:
@@ -23,14 +36,27 @@ def main() -> None:
     model, ckpt = load_checkpoint(cfg["model"])
     device = resolve_device(cfg["device"])
     test = load_split(cfg["test"])
-    ctx = StepContext(device, ckpt["mean"], ckpt["std"])
-    logits = predict_logits(model.to(device), torch.from_numpy(test["images"]), ctx,
-                            cfg["batch_size"])
     names = ckpt["class_names"]
-    metrics = classification_metrics(logits, test["labels"], names)
-    pred = logits.argmax(1).numpy()
+
+    def score(tta: str) -> tuple[dict, torch.Tensor]:
+        probs = predict_proba(model.to(device), test["images"], ckpt["mean"], ckpt["std"], tta,
+                              cfg["tta_crop"], cfg["batch_size"], device)
+        log_probs = probs.clamp_min(1e-12).log()  # softmax(log p) = p: metrics take logits
+        return classification_metrics(log_probs, test["labels"], names), log_probs
+
+    plain, log_probs = score("none")
+    if cfg["tta"] == "none":
+        metrics = plain
+    else:
+        metrics, log_probs = score(cfg["tta"])
+    metrics = {**metrics, "tta": cfg["tta"],
+               "no_tta": {key: plain[key] for key in COMPARED},
+               "tta_gain": metrics["accuracy"] - plain["accuracy"]}
+    pred = log_probs.argmax(1).numpy()
     report = report_text(test["labels"], pred, names)
     print(report)
+    print(f"accuracy {metrics['accuracy']:.4f} with TTA {cfg['tta']}, {plain['accuracy']:.4f} "
+          f"without ({metrics['tta_gain']:+.4f})")
 
     write_json(metrics, "metrics/eval.json")
     Path("metrics/classification_report.txt").write_text(report)
@@ -38,11 +64,30 @@ def main() -> None:
         writer = csv.writer(fh)
         writer.writerow(["actual", "predicted"])
         writer.writerows((names[a], names[p]) for a, p in zip(test["labels"], pred))
-    with tracking.resume_run(cfg["run"]):
-        mlflow.log_metrics({f"test_{k}": v for k, v in flatten(metrics).items()})
+    photo = skdata.astronaut()
+    faces = Predictor(Classifier.from_checkpoint(cfg["model"])).predict_image(
+        np.asarray(Image.fromarray(photo).convert("L")), "astronaut")
+    annotate(photo, faces, Path("metrics/astronaut.png"))
+    print("astronaut: " + ", ".join(f"{f.expression} {f.probability:.2f}" for f in faces))
+
+    with tracking.resume_run(cfg["run"]) as run:
+        mlflow.log_metrics({f"test_{k}": v for k, v in flatten(metrics).items()
+                            if isinstance(v, (int, float))})
         for path in ("metrics/eval.json", "metrics/classification_report.txt",
-                     "metrics/confusion.csv"):
+                     "metrics/confusion.csv", "metrics/astronaut.png"):
             mlflow.log_artifact(path, artifact_path="eval")
+        if cfg["registry"]:
+            # A generated example (FER2013 images are not redistributed): mid-grey and a ramp.
+            size = ckpt["image_size"]
+            example = np.stack([np.full((size, size), 128.0),
+                                np.tile(np.linspace(0, 255, size), (size, 1))]).astype(np.float32)
+            uri = serving.log_serving_model(cfg["model"], example)
+            version = serving.register(uri, cfg["registry_name"], cfg["registry_alias"], {
+                "test_accuracy": f"{metrics['accuracy']:.4f}", "tta": cfg["tta"],
+                "test_accuracy_no_tta": f"{plain['accuracy']:.4f}",
+                "run_id": run.info.run_id})
+            print(f"registered models:/{cfg['registry_name']}@{cfg['registry_alias']} "
+                  f"(version {version})")
 
 
 if __name__ == "__main__":

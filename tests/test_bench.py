@@ -69,3 +69,22 @@ def test_bench_overrides_precision_and_stem(project):
     assert result["precision"] == "bfloat16" and result["stem"] == "3x3"
     assert result["channels_last"] is False
     assert "baseline_images_per_s" not in result and "data_stage_seconds" not in result
+
+
+def test_predict_latency_figures(tmp_path):
+    import torch
+
+    from ferpipe.bench import main
+    from ferpipe.data import CLASS_NAMES
+    from ferpipe.model import build_model, save_checkpoint
+
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(checkpoint, build_model(7, stem="standard"), class_names=list(CLASS_NAMES),
+                    mean=0.5, std=0.25, image_size=48, params={"model": {"stem": "standard"}})
+    out = tmp_path / "latency.json"
+    result = main(["--predict", "--model", str(checkpoint), "--repeats", "3", "--json", str(out)])
+    assert result["faces"] == 1 and result["photo"] == "640x480 JPEG" and result["repeats"] == 3
+    parts = sum(result[f"{k}_ms_median"] for k in ("decode", "detect", "classify"))
+    assert 0 < result["detect_ms_median"] < result["total_ms_median"]
+    assert abs(parts - result["total_ms_median"]) <= 0.5 * result["total_ms_median"]
+    assert json.loads(out.read_text()) == result

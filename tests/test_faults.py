@@ -140,6 +140,8 @@ def test_two_queued_experiments_run_at_once_and_both_reach_mlflow(repo):
 
 def test_push_then_pull_into_a_fresh_clone_restores_data_and_model_byte_for_byte(repo):
     r, env, tmp = repo["path"], repo["env"], repo["tmp"]
+    sh(["dvc", "repro"], r, env)  # evaluate and plot, after the forced train run above
+    assert "up to date" in sh(["dvc", "status"], r, env)
     sh(["dvc", "remote", "add", "-d", "shared", str(tmp / "remote")], r, env)
     sh(["git", "add", "-A"], r, env)
     sh(["git", "commit", "-qm", "remote"], r, env)

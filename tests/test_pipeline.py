@@ -1,6 +1,14 @@
 """End to end: the real `dvc repro`, `dvc exp run` and `dvc plots diff` on a tiny generated dataset."""
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -8,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.fakedata import make_image_folders, make_zip
+from tests.fakedata import face_like, make_image_folders, make_zip
 from tests.fakerepo import make_repo, read_csv, sh, store_runs
 
 EPOCHS = 2
@@ -174,3 +182,88 @@ def test_torchrun_launcher_trains_data_parallel_with_the_same_outputs(repo):
     assert newest.data.tags["world_size"] == "2" and "test_accuracy" in newest.data.metrics
     ckpt = torch.load(r / "models/model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
+
+
+REGISTERED = "models:/fer2013-resnet18@candidate"
+
+
+def test_evaluate_reports_tta_and_registers_the_model(repo):
+    r = repo["path"]
+    evaluation = json.loads((r / "metrics/eval.json").read_text())
+    assert evaluation["tta"] == "hflip"
+    assert set(evaluation["no_tta"]) == {"accuracy", "macro_f1", "top2_accuracy", "loss"}
+    assert evaluation["tta_gain"] == pytest.approx(evaluation["accuracy"]
+                                                   - evaluation["no_tta"]["accuracy"])
+    client, runs = store_runs(r)
+    version = client.get_model_version_by_alias("fer2013-resnet18", "candidate")
+    run = client.get_run(version.run_id)
+    assert version.tags["test_accuracy"] == f"{evaluation['accuracy']:.4f}"
+    assert version.tags["tta"] == "hflip"
+    assert run.data.metrics["test_no_tta.accuracy"] == pytest.approx(
+        evaluation["no_tta"]["accuracy"])
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def post(url, body):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())["predictions"]
+
+
+def test_served_model_answers_like_the_predict_command(repo, tmp_path):
+    """`mlflow models serve` of the registered model on a free loopback port: the logged serving
+    example and a generated image; the image's answer equals `ferpipe.predict`'s."""
+    r = repo["path"]
+    env = {**repo["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{r / 'mlflow.db'}"}
+    image = face_like(5, np.random.default_rng(7))
+    Image.fromarray(image).save(tmp_path / "face.png")
+    out = sh([sys.executable, "-m", "ferpipe.predict", str(tmp_path / "face.png"), "--model",
+              REGISTERED, "--json"], r, env, stdout_only=True)
+    (predicted,) = [json.loads(line) for line in out.splitlines()]
+    assert predicted["whole_image"] is True  # a 48 x 48 crop: classified whole
+
+    port = free_port()
+    server = subprocess.Popen(["mlflow", "models", "serve", "-m", REGISTERED, "--env-manager",
+                               "local", "-h", "127.0.0.1", "-p", str(port)], cwd=r, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 180
+        while True:
+            assert server.poll() is None, server.stdout.read().decode()
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, "the server did not answer /ping"
+            time.sleep(1)
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        model_dir = Path(mlflow.artifacts.download_artifacts(REGISTERED, dst_path=str(tmp_path)))
+        example = json.loads((model_dir / "serving_input_example.json").read_text())
+        answers = post(f"{url}/invocations", example)
+        assert len(answers) == len(example["inputs"]) == 2
+        for answer in answers:
+            assert set(answer) == set(predicted["probabilities"])
+            assert sum(answer.values()) == pytest.approx(1, abs=1e-5)
+        (served,) = post(f"{url}/invocations", {"inputs": [image.tolist()]})
+        for name, p in predicted["probabilities"].items():
+            assert served[name] == pytest.approx(p, abs=1e-6)
+        (flipped,) = post(f"{url}/invocations", {"inputs": [image.tolist()],
+                                                 "params": {"tta": "hflip"}})
+        assert flipped != served
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

@@ -1,0 +1,313 @@
+"""Predict facial expressions on your own photos: `python -m ferpipe.predict PHOTO_OR_FOLDER ...`.
+
+Faces are found with OpenCV's bundled Haar cascade (`haarcascade_frontalface_default.xml`, Viola &
+Jones 2001, shipped with opencv-python-headless 4.x), each face is cropped as a square with a
+margin around the detector's box, converted to 48 x 48 grayscale and classified with the
+training normalization. An image in which no face is found is classified whole (meant for
+images that already are face crops, such as FER2013's), and the output says so
+(`whole_image`). Unreadable files get an error line; the others go on.
+
+Output per face: file, face index, box (x, y, width, height in pixels of the original image),
+the predicted expression, its probability and every class's probability, as a table or as JSON
+lines (`--json`). `--annotate DIR` writes a copy of each image with the boxes and labels drawn.
+Exit status 0, or 1 when some file could not be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ferpipe.inference import TTA_MODES, Classifier
+
+#: Files taken from a folder argument (a file named explicitly is always tried).
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+DEFAULT_MODEL = "models/model.pt"
+
+
+def _cv2():
+    """OpenCV, with a clear message when it is missing or is a 5.x build without Haar cascades."""
+    try:
+        import cv2
+    except ImportError as err:
+        raise RuntimeError("the predict command needs OpenCV: pip install "
+                           "'opencv-python-headless<5'") from err
+    if not hasattr(cv2, "CascadeClassifier"):
+        raise RuntimeError(f"OpenCV {cv2.__version__} has no CascadeClassifier (removed in 5.x): "
+                           f"pip install 'opencv-python-headless<5'")
+    return cv2
+
+
+class FaceDetector:
+    """OpenCV's frontal-face Haar cascade with the parameters of its documentation's example.
+
+    Args:
+        scale_factor: image-pyramid step of `detectMultiScale` (1.1: thorough, 1.2: faster).
+        min_neighbors: detections needed to keep a face (higher: fewer false positives).
+        min_size: smallest face side searched, as a fraction of the image's shorter side.
+        max_side: images whose longer side exceeds this many pixels are searched downscaled to
+            it (the boxes are mapped back); 0 keeps the full size.
+    """
+
+    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: float = 0.1,
+                 max_side: int = 640) -> None:
+        cv2 = _cv2()
+        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+        self.cascade = cv2.CascadeClassifier(str(path))
+        if self.cascade.empty():
+            raise RuntimeError(f"{path}: cannot load OpenCV's Haar cascade")
+        self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
+        self.min_size, self.max_side = min_size, max_side
+
+    def detect(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Face boxes (x, y, w, h) in pixels of `gray` (uint8 (H, W)), largest first."""
+        cv2 = _cv2()
+        scale = 1.0
+        side = max(gray.shape)
+        if self.max_side and side > self.max_side:
+            scale = self.max_side / side
+            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        smallest = max(20, int(self.min_size * min(gray.shape)))
+        found = self.cascade.detectMultiScale(gray, scaleFactor=self.scale_factor,
+                                              minNeighbors=self.min_neighbors,
+                                              minSize=(smallest, smallest))
+        boxes = [tuple(int(round(v / scale)) for v in box) for box in found]
+        return sorted(boxes, key=lambda b: -b[2] * b[3])
+
+
+def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], margin: float, size: int
+              ) -> np.ndarray:
+    """A square crop around `box`, grown by `margin` x its side on every side, resized.
+
+    Parts of the square outside the image are filled by replicating the border.
+
+    Args:
+        gray: uint8 (H, W). box: (x, y, w, h) pixels. margin: fraction of the box side.
+        size: output side, pixels.
+
+    Returns:
+        uint8 (size, size).
+    """
+    cv2 = _cv2()
+    x, y, w, h = box
+    side = int(round(max(w, h) * (1 + 2 * margin)))
+    cx, cy = x + w / 2, y + h / 2
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    pad = max(0, -x0, -y0, x0 + side - gray.shape[1], y0 + side - gray.shape[0])
+    if pad:
+        gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        x0, y0 = x0 + pad, y0 + pad
+    crop = gray[y0:y0 + side, x0:x0 + side]
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def load_gray(path: Path | BinaryIO) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB uint8 (H, W, 3), grayscale uint8 (H, W)) of an image file (path or open binary
+    file), EXIF rotation applied.
+
+    Raises:
+        OSError, UnidentifiedImageError, ValueError: the file cannot be read as an image.
+    """
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        rgb = np.asarray(img.convert("RGB"))
+        gray = np.asarray(img.convert("L"))
+    return rgb, gray
+
+
+@dataclass
+class Prediction:
+    """One face (or whole image) of one file."""
+
+    file: str
+    face: int
+    box: tuple[int, int, int, int]
+    expression: str
+    probability: float
+    probabilities: dict[str, float]
+    whole_image: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "face": self.face, "box": list(self.box),
+                "expression": self.expression, "probability": self.probability,
+                "probabilities": self.probabilities, "whole_image": self.whole_image}
+
+
+@dataclass
+class Predictor:
+    """Detect, crop and classify; see the module docstring."""
+
+    classifier: Classifier
+    detector: FaceDetector = field(default_factory=FaceDetector)
+    margin: float = 0.1
+    tta: str = "none"
+    tta_crop: int = 44
+
+    def predict_image(self, gray: np.ndarray, name: str) -> list[Prediction]:
+        """Predictions for every face of a grayscale uint8 (H, W) image, largest face first; the
+        whole image (one Prediction with whole_image=True) when no face is found."""
+        size = self.classifier.image_size
+        boxes = self.detector.detect(gray)
+        whole = not boxes
+        if whole:
+            boxes = [(0, 0, gray.shape[1], gray.shape[0])]
+            crops = [_cv2().resize(gray, (size, size), interpolation=_cv2().INTER_AREA)]
+        else:
+            crops = [crop_face(gray, box, self.margin, size) for box in boxes]
+        probs = self.classifier.predict(np.stack(crops), self.tta, self.tta_crop)
+        names = self.classifier.class_names
+        out = []
+        for i, (box, p) in enumerate(zip(boxes, probs)):
+            best = int(p.argmax())
+            out.append(Prediction(name, i, box, names[best], float(p[best]),
+                                  {n: float(v) for n, v in zip(names, p)}, whole))
+        return out
+
+
+def load_classifier(ref: str) -> Classifier:
+    """A checkpoint file, or an MLflow URI of a pipeline run's model: `models:/<name>@<alias>`,
+    `models:/<name>/<version>` or `runs:/<run_id>` (the run's logged `checkpoint/model.pt` is
+    used; the store is the repo's, see `ferpipe.tracking`).
+
+    Raises:
+        FileNotFoundError: no such checkpoint file.
+        ValueError: an MLflow URI that cannot be resolved.
+    """
+    if not re.match(r"^(models|runs):/", ref):
+        return Classifier.from_checkpoint(ref)
+    import mlflow
+
+    from ferpipe import tracking
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    client = mlflow.MlflowClient()
+    try:
+        if ref.startswith("runs:/"):
+            run_id = ref.removeprefix("runs:/").strip("/").split("/")[0]
+        else:
+            name_ref = ref.removeprefix("models:/")
+            if "@" in name_ref:
+                name, alias = name_ref.split("@", 1)
+                version = client.get_model_version_by_alias(name, alias)
+            else:
+                name, number = name_ref.rsplit("/", 1)
+                version = client.get_model_version(name, number)
+            run_id = version.run_id
+        local = mlflow.artifacts.download_artifacts(run_id=run_id,
+                                                    artifact_path="checkpoint/model.pt")
+    except mlflow.exceptions.MlflowException as err:
+        raise ValueError(f"{ref}: cannot resolve the model: {err.message}") from err
+    classifier = Classifier.from_checkpoint(local)
+    classifier.source = ref
+    return classifier
+
+
+def expand(paths: list[str]) -> Iterator[Path]:
+    """Files named on the command line, and the image files of folders (recursively, sorted)."""
+    for arg in paths:
+        path = Path(arg)
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*")
+                              if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            yield path
+
+
+def annotate(rgb: np.ndarray, predictions: list[Prediction], dest: Path) -> None:
+    """Write `rgb` (uint8 (H, W, 3)) with each prediction's box and label drawn, to `dest`."""
+    cv2 = _cv2()
+    canvas = np.ascontiguousarray(rgb.copy())
+    thick = max(1, round(max(canvas.shape[:2]) / 300))
+    for p in predictions:
+        x, y, w, h = p.box
+        colour = (255, 200, 0) if p.whole_image else (0, 220, 0)
+        cv2.rectangle(canvas, (x, y), (x + w - 1, y + h - 1), colour, thick)
+        label = f"{p.expression} {p.probability:.0%}"
+        scale = max(0.4, w / 250)
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        ty = y - 4 if y - th - base - 4 >= 0 else y + h + th + 4
+        cv2.rectangle(canvas, (x, ty - th - base), (x + tw, ty + base), colour, cv2.FILLED)
+        cv2.putText(canvas, label, (x, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick,
+                    cv2.LINE_AA)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas).save(dest)
+
+
+def table_line(p: Prediction, names: list[str]) -> str:
+    box = "x".join(str(v) for v in p.box[:2]) + f" {p.box[2]}x{p.box[3]}"
+    flag = " (whole image)" if p.whole_image else ""
+    probs = " ".join(f"{p.probabilities[n]:.3f}" for n in names)
+    return f"{p.file}\t{p.face}\t{box}\t{p.expression}{flag}\t{p.probability:.3f}\t{probs}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ferpipe.predict", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python -m ferpipe.predict photo.jpg\n"
+               "  python -m ferpipe.predict photos/ --json --annotate annotated/\n"
+               "  python -m ferpipe.predict photo.jpg --model models:/fer2013-resnet18@candidate")
+    parser.add_argument("paths", nargs="+", help="image files or folders")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="checkpoint file, or MLflow URI models:/<name>@<alias>, "
+                             "models:/<name>/<version>, runs:/<run_id> (default %(default)s)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--annotate", metavar="DIR", type=Path,
+                        help="write copies of the images with boxes and labels to DIR (PNG)")
+    parser.add_argument("--tta", choices=TTA_MODES, default="none",
+                        help="test-time augmentation (default %(default)s)")
+    parser.add_argument("--tta-crop", type=int, default=44, help="ten-crop side, pixels")
+    parser.add_argument("--margin", type=float, default=0.1,
+                        help="added around each face box on every side, fraction of its side "
+                             "(default %(default)s)")
+    parser.add_argument("--min-face", type=float, default=0.1,
+                        help="smallest face searched, fraction of the image's shorter side "
+                             "(default %(default)s)")
+    parser.add_argument("--timing", action="store_true",
+                        help="also print the milliseconds per file (model already loaded)")
+    args = parser.parse_args(argv)
+
+    try:
+        predictor = Predictor(load_classifier(args.model), FaceDetector(min_size=args.min_face),
+                              margin=args.margin, tta=args.tta, tta_crop=args.tta_crop)
+    except (OSError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    names = predictor.classifier.class_names
+    if not args.json:
+        print("file\tface\tbox (x,y w x h)\texpression\tprob\t" + " ".join(names))
+    failed = 0
+    for path in expand(args.paths):
+        start = time.perf_counter()
+        try:
+            rgb, gray = load_gray(path)
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            failed += 1
+            reason = "no such file" if not path.exists() else f"cannot read image: {err}"
+            print(json.dumps({"file": str(path), "error": reason}) if args.json
+                  else f"{path}\terror: {reason}", flush=True)
+            continue
+        predictions = predictor.predict_image(gray, str(path))
+        ms = (time.perf_counter() - start) * 1000
+        for p in predictions:
+            if args.json:
+                print(json.dumps({**p.as_dict(), **({"ms": round(ms, 1)} if args.timing else {})}))
+            else:
+                print(table_line(p, names) + (f"\t{ms:.1f} ms" if args.timing else ""))
+        if args.annotate:
+            annotate(rgb, predictions, args.annotate / f"{path.stem}.png")
+        sys.stdout.flush()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

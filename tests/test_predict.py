@@ -1,0 +1,179 @@
+"""Predicting on photos: TTA views, face detection on a real photo, cropping, the CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from ferpipe.data import CLASS_NAMES
+from ferpipe.inference import Classifier, predict_proba, tta_views
+from ferpipe.model import build_model, save_checkpoint
+from ferpipe.predict import FaceDetector, Predictor, crop_face, main
+from tests.fakedata import face_like
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The astronaut's face in skimage.data.astronaut() (512 x 512), as OpenCV's default cascade
+#: finds it: x, y, w, h in pixels (checked by eye on the annotated image).
+ASTRONAUT_FACE = (177, 66, 95, 95)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint(path, build_model(7, stem="standard"), class_names=list(CLASS_NAMES),
+                    mean=0.5, std=0.25, image_size=48, params={"model": {"stem": "standard"}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """astronaut.png (512 x 512 RGB), a 640 x 480 JPEG of it, a 48 x 48 face crop, a corrupt
+    file and a text file in one folder."""
+    folder = tmp_path_factory.mktemp("photos")
+    astronaut = Image.fromarray(skdata.astronaut())
+    astronaut.save(folder / "astronaut.png")
+    astronaut.resize((640, 480)).save(folder / "astronaut_640x480.jpg", quality=95)
+    Image.fromarray(face_like(3, np.random.default_rng(0))).save(folder / "crop48.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder
+
+
+def test_tta_views():
+    x = torch.randn(3, 1, 48, 48)
+    assert [v.shape for v in tta_views(x, "none")] == [x.shape]
+    plain, flipped = list(tta_views(x, "hflip"))
+    torch.testing.assert_close(flipped, x.flip(-1))
+    crops = list(tta_views(x, "ten_crop", crop=44))
+    assert len(crops) == 10 and all(v.shape == x.shape for v in crops)
+    # A crop as large as the image: 5 copies of the image, then 5 of its mirror image.
+    full = list(tta_views(x, "ten_crop", crop=48))
+    for view in full[:5]:
+        torch.testing.assert_close(view, x)
+    for view in full[5:]:
+        torch.testing.assert_close(view, x.flip(-1))
+    with pytest.raises(ValueError, match="tta: 'vflip' is not one of"):
+        list(tta_views(x, "vflip"))
+    with pytest.raises(ValueError, match="does not fit a 48x48 image"):
+        list(tta_views(x, "ten_crop", crop=50))
+
+
+def test_predict_proba_averages_the_softmax_of_the_views(checkpoint):
+    clf = Classifier.from_checkpoint(checkpoint)
+    images = np.stack([face_like(c, np.random.default_rng(c)) for c in range(5)])
+    x = (torch.from_numpy(images).float().unsqueeze(1) / 255 - 0.5) / 0.25
+    with torch.no_grad():
+        plain = torch.softmax(clf.model(x), 1)
+        mirror = torch.softmax(clf.model(x.flip(-1)), 1)
+    torch.testing.assert_close(predict_proba(clf.model, images, 0.5, 0.25), plain)
+    torch.testing.assert_close(predict_proba(clf.model, images, 0.5, 0.25, "hflip", batch_size=2),
+                               (plain + mirror) / 2)
+    ten = predict_proba(clf.model, images, 0.5, 0.25, "ten_crop")
+    torch.testing.assert_close(ten.sum(1), torch.ones(5))
+
+
+def test_crop_face_takes_a_square_with_margin_and_pads_at_the_border():
+    gray = np.arange(100 * 120, dtype=np.uint32).reshape(100, 120) % 251
+    gray = gray.astype(np.uint8)
+    crop = crop_face(gray, (40, 30, 20, 20), margin=0.0, size=20)
+    np.testing.assert_array_equal(crop, gray[30:50, 40:60])
+    grown = crop_face(gray, (40, 30, 20, 20), margin=0.5, size=40)
+    np.testing.assert_array_equal(grown, gray[20:60, 30:70])
+    corner = crop_face(gray, (0, 0, 20, 20), margin=0.5, size=40)  # 10 pixels outside
+    assert corner.shape == (40, 40)
+    np.testing.assert_array_equal(corner[10:, 10:], gray[:30, :30])
+    np.testing.assert_array_equal(corner[:10, 10], np.full(10, gray[0, 0]))  # replicated border
+
+
+def test_the_haar_cascade_finds_the_astronauts_face():
+    gray = np.asarray(Image.fromarray(skdata.astronaut()).convert("L"))
+    boxes = FaceDetector().detect(gray)
+    assert len(boxes) == 1
+    x, y, w, h = boxes[0]
+    assert abs(x - ASTRONAUT_FACE[0]) <= 8 and abs(y - ASTRONAUT_FACE[1]) <= 8
+    assert abs(w - ASTRONAUT_FACE[2]) <= 12 and w == h
+    big = np.asarray(Image.fromarray(gray).resize((1280, 1280)))  # searched downscaled to 640
+    (bx, by, bw, _), = FaceDetector().detect(big)  # boxes in the 1280-pixel image: 2.5 x
+    assert abs(bx - 2.5 * x) <= 20 and abs(by - 2.5 * y) <= 20 and abs(bw - 2.5 * w) <= 30
+
+
+def test_predictor_classifies_faces_and_falls_back_to_the_whole_image(checkpoint):
+    predictor = Predictor(Classifier.from_checkpoint(checkpoint))
+    gray = np.asarray(Image.fromarray(skdata.astronaut()).convert("L"))
+    (face,) = predictor.predict_image(gray, "astronaut")
+    assert not face.whole_image and face.face == 0
+    assert sum(face.probabilities.values()) == pytest.approx(1, abs=1e-5)
+    assert face.expression == max(face.probabilities, key=face.probabilities.get)
+    assert face.probability == face.probabilities[face.expression]
+    crop = face_like(3, np.random.default_rng(0))
+    (whole,) = predictor.predict_image(crop, "crop")
+    assert whole.whole_image and whole.box == (0, 0, 48, 48)
+    expected = predictor.classifier.predict(crop[None])[0]
+    assert [whole.probabilities[n] for n in CLASS_NAMES] == pytest.approx(expected.tolist())
+
+
+def test_cli_json_lines_errors_and_annotations(checkpoint, photos, tmp_path, capsys):
+    annotated = tmp_path / "annotated"
+    code = main([str(photos), str(photos / "missing.jpg"), "--model", str(checkpoint), "--json",
+                 "--annotate", str(annotated)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 1  # some files could not be read; the others were still predicted
+    by_file = {Path(line["file"]).name: line for line in lines}
+    assert by_file["broken.jpg"]["error"].startswith("cannot read image")
+    assert by_file["missing.jpg"]["error"] == "no such file"
+    for name in ("astronaut.png", "astronaut_640x480.jpg"):
+        assert by_file[name]["whole_image"] is False and len(by_file[name]["box"]) == 4
+        assert set(by_file[name]["probabilities"]) == set(CLASS_NAMES)
+    assert by_file["crop48.png"]["whole_image"] is True
+    assert len(lines) == 5
+    written = sorted(p.name for p in annotated.iterdir())
+    assert written == ["astronaut.png", "astronaut_640x480.png", "crop48.png"]
+    drawn = np.asarray(Image.open(annotated / "astronaut.png"))
+    original = skdata.astronaut()
+    assert drawn.shape == original.shape
+    x, y, w, h = by_file["astronaut.png"]["box"]
+    assert not np.array_equal(drawn[y:y + h, x], original[y:y + h, x])  # the box's left edge
+    assert np.array_equal(drawn[400:, 400:], original[400:, 400:])  # elsewhere untouched
+
+
+def test_cli_table_and_help(checkpoint, photos, capsys):
+    assert main([str(photos / "astronaut.png"), "--model", str(checkpoint), "--tta", "hflip",
+                 "--timing"]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split("\t")[:4] == ["file", "face", "box (x,y w x h)", "expression"]
+    cells = row.split("\t")
+    assert cells[0].endswith("astronaut.png") and cells[3] in CLASS_NAMES
+    assert len(cells[5].split()) == 7 and cells[6].endswith(" ms")
+    assert main(["x.jpg", "--model", str(checkpoint.parent / "nope.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    proc = subprocess.run([sys.executable, "-m", "ferpipe.predict", "--help"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "--annotate DIR" in proc.stdout and "--json" in proc.stdout
+
+
+def test_served_model_takes_0_255_pixels_and_names_the_classes(checkpoint):
+    from types import SimpleNamespace
+
+    from ferpipe.serving import ExpressionModel, to_pixels
+
+    model = ExpressionModel()
+    model.load_context(SimpleNamespace(artifacts={"checkpoint": str(checkpoint)}))
+    images = np.stack([face_like(c, np.random.default_rng(c)) for c in range(3)])
+    out = model.predict(None, images.astype(np.float32).tolist())
+    assert list(out.columns) == list(CLASS_NAMES) and out.shape == (3, 7)
+    expected = Classifier.from_checkpoint(checkpoint).predict(images)
+    np.testing.assert_allclose(out.to_numpy(), expected, atol=1e-6)
+    flipped = model.predict(None, images, params={"tta": "hflip"})
+    assert not np.allclose(flipped.to_numpy(), expected)
+    np.testing.assert_array_equal(to_pixels([[[0.4, 254.6] * 24] * 48], 48)[0, 0, :2], [0, 255])
+    with pytest.raises(ValueError, match=r"expected images of 48x48 pixels as \(B, 48, 48\); got "
+                                         r"shape \(1, 2304\)"):
+        to_pixels(np.zeros((1, 2304)), 48)
+    with pytest.raises(ValueError, match="expected pixel values 0-255 .not normalized.; got -1"):
+        to_pixels(np.full((1, 48, 48), -1.0), 48)
