@@ -249,7 +249,8 @@ def annotate(rgb: np.ndarray, predictions: list[Prediction], dest: Path) -> None
 
 
 def table_line(p: Prediction, names: list[str]) -> str:
-    box = "x".join(str(v) for v in p.box[:2]) + f" {p.box[2]}x{p.box[3]}"
+    """One tab-separated table row: file, face, box, expression, probability, all classes."""
+    box = f"{p.box[0]},{p.box[1]} {p.box[2]}x{p.box[3]}"
     flag = " (whole image)" if p.whole_image else ""
     probs = " ".join(f"{p.probabilities[n]:.3f}" for n in names)
     return f"{p.file}\t{p.face}\t{box}\t{p.expression}{flag}\t{p.probability:.3f}\t{probs}"

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from skimage import data as skdata
 
+from ferpipe.predict import crop_face
 from tests.fakedata import face_like, make_image_folders, make_zip
 from tests.fakerepo import make_repo, read_csv, sh, store_runs
 
@@ -218,15 +220,21 @@ def post(url, body):
 
 def test_served_model_answers_like_the_predict_command(repo, tmp_path):
     """`mlflow models serve` of the registered model on a free loopback port: the logged serving
-    example and a generated image; the image's answer equals `ferpipe.predict`'s."""
+    example, a generated 48 x 48 image and the face the predict command crops from a real photo
+    (skimage's astronaut); both answers equal `ferpipe.predict`'s."""
     r = repo["path"]
     env = {**repo["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{r / 'mlflow.db'}"}
     image = face_like(5, np.random.default_rng(7))
     Image.fromarray(image).save(tmp_path / "face.png")
-    out = sh([sys.executable, "-m", "ferpipe.predict", str(tmp_path / "face.png"), "--model",
-              REGISTERED, "--json"], r, env, stdout_only=True)
-    (predicted,) = [json.loads(line) for line in out.splitlines()]
+    Image.fromarray(skdata.astronaut()).save(tmp_path / "astronaut.png")
+    out = sh([sys.executable, "-m", "ferpipe.predict", str(tmp_path / "face.png"),
+              str(tmp_path / "astronaut.png"), "--model", REGISTERED, "--json"], r, env,
+             stdout_only=True)
+    predicted, on_photo = [json.loads(line) for line in out.splitlines()]
     assert predicted["whole_image"] is True  # a 48 x 48 crop: classified whole
+    assert on_photo["whole_image"] is False
+    gray = np.asarray(Image.open(tmp_path / "astronaut.png").convert("L"))
+    face = crop_face(gray, tuple(on_photo["box"]), 0.1, 48)  # the CLI's default margin
 
     port = free_port()
     server = subprocess.Popen(["mlflow", "models", "serve", "-m", REGISTERED, "--env-manager",
@@ -254,9 +262,12 @@ def test_served_model_answers_like_the_predict_command(repo, tmp_path):
         for answer in answers:
             assert set(answer) == set(predicted["probabilities"])
             assert sum(answer.values()) == pytest.approx(1, abs=1e-5)
-        (served,) = post(f"{url}/invocations", {"inputs": [image.tolist()]})
+        served, served_photo = post(f"{url}/invocations",
+                                    {"inputs": [image.tolist(), face.tolist()]})
         for name, p in predicted["probabilities"].items():
             assert served[name] == pytest.approx(p, abs=1e-6)
+        for name, p in on_photo["probabilities"].items():
+            assert served_photo[name] == pytest.approx(p, abs=1e-6)
         (flipped,) = post(f"{url}/invocations", {"inputs": [image.tolist()],
                                                  "params": {"tta": "hflip"}})
         assert flipped != served
