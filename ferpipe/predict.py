@@ -161,12 +161,12 @@ class Predictor:
     def predict_image(self, gray: np.ndarray, name: str) -> list[Prediction]:
         """Predictions for every face of a grayscale uint8 (H, W) image, largest face first; the
         whole image (one Prediction with whole_image=True) when no face is found."""
-        size = self.classifier.image_size
+        cv2, size = _cv2(), self.classifier.image_size
         boxes = self.detector.detect(gray)
         whole = not boxes
         if whole:
             boxes = [(0, 0, gray.shape[1], gray.shape[0])]
-            crops = [_cv2().resize(gray, (size, size), interpolation=_cv2().INTER_AREA)]
+            crops = [cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)]
         else:
             crops = [crop_face(gray, box, self.margin, size) for box in boxes]
         probs = self.classifier.predict(np.stack(crops), self.tta, self.tta_crop)
