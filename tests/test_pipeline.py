@@ -265,9 +265,9 @@ def test_served_model_answers_like_the_predict_command(repo, tmp_path):
         served, served_photo = post(f"{url}/invocations",
                                     {"inputs": [image.tolist(), face.tolist()]})
         for name, p in predicted["probabilities"].items():
-            assert served[name] == pytest.approx(p, abs=1e-6)
+            assert served[name] == pytest.approx(p, abs=1e-5)
         for name, p in on_photo["probabilities"].items():
-            assert served_photo[name] == pytest.approx(p, abs=1e-6)
+            assert served_photo[name] == pytest.approx(p, abs=1e-5)  # batch of 2 vs 1
         (flipped,) = post(f"{url}/invocations", {"inputs": [image.tolist()],
                                                  "params": {"tta": "hflip"}})
         assert flipped != served
