@@ -84,7 +84,6 @@ def clean_splits(splits: dict[str, dict[str, np.ndarray]], *, drop_test_overlap:
     Raises:
         KeyError: no `test` split.
     """
-    test = splits["test"]
     hashes = {split: pixel_hashes(arrays["images"]) for split, arrays in splits.items()}
     members: dict[bytes, list[tuple[str, int]]] = defaultdict(list)
     for split in sorted(splits, key=("train", "val", "test").index):

@@ -72,8 +72,6 @@ def test_bench_overrides_precision_and_stem(project):
 
 
 def test_predict_latency_figures(tmp_path):
-    import torch
-
     from ferpipe.bench import main
     from ferpipe.data import CLASS_NAMES
     from ferpipe.model import build_model, save_checkpoint

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from ferpipe.data import CLASS_NAMES, DataError, load_split
+from ferpipe.data import DataError, load_split
 from ferpipe.quality import check_bad_fraction, clean_splits, pixel_hashes, uniform_mask
 from tests.fakedata import face_like, make_image_folders, make_zip
 
