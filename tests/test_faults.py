@@ -1,6 +1,7 @@
 """Faults a team meets: a killed training run, parallel queued experiments, sharing through a remote."""
 
 import json
+from pathlib import Path
 import signal
 import subprocess
 import time
@@ -12,12 +13,12 @@ import torch
 from tests.fakedata import make_image_folders, make_zip
 from tests.fakerepo import make_repo, read_csv, sh, store_runs
 
-EPOCHS = 5
+EPOCHS = 6
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    """A repo with data prepared (download, prepare, stats), set for a 5-epoch training run of a
+    """A repo with data prepared (download, prepare, stats), set for a 6-epoch training run of a
     few seconds per epoch."""
     tmp = tmp_path_factory.mktemp("faults")
     make_image_folders(tmp / "images", n_train=40, n_test=6)
@@ -29,16 +30,21 @@ def repo(tmp_path_factory):
     return {"path": path, "env": env, "tmp": tmp}
 
 
-def train_process(parent: psutil.Process, timeout: float = 120) -> psutil.Process:
-    """The `stages/train.py` process DVC started under `parent`."""
+def train_processes(parent: psutil.Process, timeout: float = 120) -> list[psutil.Process]:
+    """The processes running `stages/train.py` under `parent`: the Python process, and the shell
+    DVC starts it with where that shell forks rather than execs (dash as /bin/sh does)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
+        found = []
         for child in parent.children(recursive=True):
             try:
-                if any("stages/train.py" in part for part in child.cmdline()):
-                    return child
+                cmdline = child.cmdline()
             except psutil.NoSuchProcess:
-                pass
+                continue
+            if any("stages/train.py" in part for part in cmdline):
+                found.append(child)
+        if any("python" in Path(p.cmdline()[0]).name for p in found if p.is_running()):
+            return found
         time.sleep(0.1)
     raise AssertionError("the train stage did not start")
 
@@ -49,30 +55,44 @@ def test_killed_training_resumes_from_the_last_completed_epoch(repo):
     dvc = subprocess.Popen(["dvc", "repro"], cwd=r, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     try:
-        train = train_process(psutil.Process(dvc.pid))
+        train = train_processes(psutil.Process(dvc.pid))
         deadline = time.time() + 300
-        while time.time() < deadline:  # wait for epoch 2's checkpoint, then kill in epoch 3
-            if resume_file.exists() and torch.load(resume_file, weights_only=True)["epoch"] == 2:
-                break
-            time.sleep(0.05)
+        seen = None
+        while time.time() < deadline:  # wait for a checkpoint after epoch 2 or later
+            try:
+                stat = resume_file.stat()
+            except FileNotFoundError:
+                stat = None
+            if stat is not None and (stat.st_ino, stat.st_mtime_ns) != seen:
+                seen = (stat.st_ino, stat.st_mtime_ns)
+                if torch.load(resume_file, weights_only=True)["epoch"] >= 2:
+                    break
+            time.sleep(0.01)
         else:
             raise AssertionError("no checkpoint after epoch 2")
-        time.sleep(0.5)  # into epoch 3 (an epoch takes a few seconds here)
-        train.send_signal(signal.SIGKILL)
+        # Freeze the run where it is (on a fast machine an epoch takes well under a second), read
+        # the last completed epoch, then kill it: the kill lands mid-run, whatever the speed.
+        for process in train:
+            process.send_signal(signal.SIGSTOP)
+        assert resume_file.exists(), "training finished before it could be stopped"
+        done = torch.load(resume_file, weights_only=True)["epoch"]
+        assert 2 <= done < EPOCHS
+        for process in train:
+            process.send_signal(signal.SIGKILL)
         out = dvc.communicate(timeout=120)[0]
     finally:
         dvc.kill()
     assert dvc.returncode != 0, out
-    assert torch.load(resume_file, weights_only=True)["epoch"] == 2
+    assert torch.load(resume_file, weights_only=True)["epoch"] == done
     run_id = json.loads((r / "models/mlflow_run.json").read_text())["run_id"]
 
     out = sh(["dvc", "repro"], r, env)
-    assert f"resuming after epoch 2/{EPOCHS}" in out
-    assert "epoch 1:" not in out and "epoch 3:" in out
+    assert f"resuming after epoch {done}/{EPOCHS}" in out
+    assert "epoch 1:" not in out and f"epoch {done + 1}:" in out
     history = read_csv(r / "metrics/history.csv")
     assert [int(row["epoch"]) for row in history] == list(range(1, EPOCHS + 1))
     train_json = json.loads((r / "metrics/train.json").read_text())
-    assert train_json["epochs"] == EPOCHS and train_json["resumed_after_epoch"] == 2
+    assert train_json["epochs"] == EPOCHS and train_json["resumed_after_epoch"] == done
     steps_per_epoch = len(read_csv(r / "metrics/lr.csv")) // EPOCHS
     assert len(read_csv(r / "metrics/lr.csv")) == EPOCHS * steps_per_epoch
     assert not resume_file.exists()  # removed once training finished
