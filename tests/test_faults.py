@@ -35,7 +35,7 @@ def train_processes(parent: psutil.Process, timeout: float = 120) -> list[psutil
     DVC starts it with where that shell forks rather than execs (dash as /bin/sh does)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        found = []
+        found, python = [], False
         for child in parent.children(recursive=True):
             try:
                 cmdline = child.cmdline()
@@ -43,7 +43,8 @@ def train_processes(parent: psutil.Process, timeout: float = 120) -> list[psutil
                 continue
             if any("stages/train.py" in part for part in cmdline):
                 found.append(child)
-        if any("python" in Path(p.cmdline()[0]).name for p in found if p.is_running()):
+                python = python or "python" in Path(cmdline[0]).name
+        if python:
             return found
         time.sleep(0.1)
     raise AssertionError("the train stage did not start")
