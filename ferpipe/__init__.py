@@ -1,7 +1,26 @@
-"""ferpipe: the code the FER2013 pipeline stages share.
+"""ferpipe: the code the FER2013 pipeline's stages (`stages/`) and commands share.
 
-Modules, in the order data flows: `data` (archive -> raw folders -> prepared arrays -> stats),
-`model` (ResNet18 and its checkpoint), `augment` (whole-batch augmentation on the device),
-`training` (the one-cycle loop), `metrics` (scikit-learn scores), `tracking` (MLflow),
-`plots` (matplotlib), and `params` (reading params.yaml).
+Modules, in the order data flows:
+- `params`: the params.yaml schema, typed sections, the only place values are validated.
+- `errors`: the project's errors and `run_main`, which reports them as one line each.
+- `data`: class names, prepared split files (.npz), the val carve-out, pixel stats, JSON files.
+- `classes`: class and split folder names as spelled in the wild, mapped to canonical ones.
+- `fetch`: getting the source (local copy, Kaggle, http with sha256) for the download stage.
+- `sources`: reading zip/tar/folder/CSV sources safely and writing data/raw/images.zip.
+- `decode`: decoding the images of data/raw/images.zip for the prepare stage.
+- `quality`: duplicates, train/test leakage and blank images.
+- `model`: the ResNet18 and its self-describing checkpoint.
+- `augment`: whole-batch augmentation on the device.
+- `device`: device and AMP choice, and the step context.
+- `distributed`: torchrun process group, sharding and reductions.
+- `resume`: the resume checkpoint and its fingerprint.
+- `training`: the recipe: optimizer, one-cycle schedule, loss, epoch loop, validation, `fit`.
+- `inference`: the one batched inference path, TTA, and `Classifier`.
+- `metrics`: scikit-learn scores.
+- `tracking`: MLflow runs and the store at the repo root.
+- `plots`: matplotlib figures.
+- `predict`: the `ferpipe-predict` command (faces in photos).
+- `serving`: the MLflow pyfunc model and the model registry.
+- `bench`: the `ferpipe-bench` command (training speed, predict latency).
+- `codedeps`: which package modules a script imports (dvc.yaml deps, resume fingerprint).
 """

@@ -4,46 +4,23 @@ Each sample gets its own random affine transform (flip, rotation, scale, transla
 one `affine_grid` + `grid_sample` call, then per-sample brightness/contrast jitter, normalization
 and random erasing (Zhong et al. 2020, "Random Erasing Data Augmentation", AAAI; the same area
 and aspect-ratio ranges as `torchvision.transforms.RandomErasing`). All randomness comes from the
-`torch.Generator` passed in, so a seeded generator gives identical batches.
+`torch.Generator` passed in, so a seeded generator gives identical batches. The strengths are the
+`augment` params (`ferpipe.params.Augment`): hflip, the probability of a horizontal flip;
+rotation, the max rotation in degrees (uniform in [-rotation, rotation]); translate, the max
+shift as a fraction of the image side; scale, the max zoom change (uniform in [1 - scale,
+1 + scale]); brightness and contrast, the max jitter factor (uniform in [1 - b, 1 + b], as
+torchvision's ColorJitter); erasing, the probability of random erasing per image (area 2-33% of
+the image, aspect ratio 0.3-3.3).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Augmentation strengths (the `augment` section of params.yaml).
-
-    hflip: probability of a horizontal flip. rotation: max rotation in degrees (uniform in
-    [-rotation, rotation]). translate: max shift as a fraction of the image side. scale: max
-    zoom change (scale uniform in [1 - scale, 1 + scale]). brightness, contrast: max jitter factor
-    (factor uniform in [1 - b, 1 + b], as torchvision's ColorJitter). erasing: probability of
-    random erasing per image (area 2-33% of the image, aspect ratio 0.3-3.3).
-    """
-
-    hflip: float = 0.5
-    rotation: float = 15.0
-    translate: float = 0.1
-    scale: float = 0.1
-    brightness: float = 0.2
-    contrast: float = 0.2
-    erasing: float = 0.0
-
-    @classmethod
-    def from_params(cls, section: dict[str, Any]) -> "AugmentConfig":
-        """Build from the `augment` params section; unknown keys raise ValueError naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(section) - known
-        if unknown:
-            raise ValueError(f"augment: unknown key(s) {sorted(unknown)}; allowed {sorted(known)}")
-        return cls(**{k: float(v) for k, v in section.items()})
+from ferpipe.params import Augment
 
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator, device) -> torch.Tensor:
@@ -57,13 +34,13 @@ def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     return (images - mean) / std
 
 
-def augment_batch(images: torch.Tensor, cfg: AugmentConfig, mean: float, std: float,
+def augment_batch(images: torch.Tensor, cfg: Augment, mean: float, std: float,
                   gen: torch.Generator) -> torch.Tensor:
     """Augment and normalize a batch of uint8 images on their device.
 
     Args:
         images: uint8 tensor (B, H, W), pixels 0-255, on any device.
-        cfg: augmentation strengths.
+        cfg: augmentation strengths (the `augment` params).
         mean, std: dataset pixel statistics in [0, 1] units.
         gen: random generator on the same device as `images`.
 

@@ -1,4 +1,4 @@
-"""Training-speed benchmark: `python -m ferpipe.bench [--batches N]`.
+"""Training-speed benchmark: `ferpipe-bench [--batches N]` (or `python -m ferpipe.bench`).
 
 Measures, in one run, with the device, precision, batch size and model that `params.yaml` gives
 the train stage:
@@ -39,15 +39,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from ferpipe.augment import AugmentConfig, normalize
-from ferpipe.data import CLASS_NAMES, load_split, pixel_stats, read_json
+from ferpipe.augment import normalize
+from ferpipe.data import CLASS_NAMES, RAW_ARCHIVE, load_split, pixel_stats, read_json
+from ferpipe.device import StepContext, precision_name, resolve_amp, resolve_device
+from ferpipe.distributed import wrap_model
+from ferpipe.errors import ParamsError, run_main
 from ferpipe.model import build_model
-from ferpipe.params import load_params, section
-from ferpipe.raw import RAW_ARCHIVE
-from ferpipe.training import (StepContext, make_optimizer, one_cycle, resolve_amp,
-                              resolve_device, train_one_epoch, train_step, wrap_model)
+from ferpipe.params import AMP_MODES, TTA_MODES, Params, load_params
+from ferpipe.training import make_recipe, one_cycle, train_one_epoch, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 2  # batches run before each timed part (allocator, autotuning, worker start-up)
@@ -60,31 +60,29 @@ def sync(device: torch.device) -> None:
 
 
 class Setup:
-    """Model, optimizer, loss and step context built as the train stage builds them."""
+    """Model, optimizer, loss and step context, built by the functions the train stage uses
+    (`build_model`, `make_recipe`), from the params and the training labels (int64 (N,))."""
 
-    def __init__(self, params: dict[str, Any], amp: str | None, stem: str | None) -> None:
-        self.train = section(params, "train")
-        model_cfg = section(params, "model")
-        self.aug = AugmentConfig.from_params(section(params, "augment"))
-        self.device = resolve_device(self.train["device"])
-        self.amp = resolve_amp(amp or self.train["amp"], self.device)
-        self.stem = stem or model_cfg["stem"]
-        self.batch = int(self.train["batch_size"])
+    def __init__(self, params: Params, labels: np.ndarray, mean: float, std: float) -> None:
+        self.train, self.aug = params.train, params.augment
+        self.device = resolve_device(self.train.device)
+        self.amp = resolve_amp(self.train.amp, self.device)
+        self.stem = params.model.stem
+        self.batch = self.train.batch_size
         torch.manual_seed(0)
-        model = build_model(len(CLASS_NAMES), stem=self.stem, hidden=model_cfg["hidden"],
-                            dropout=model_cfg["dropout"]).to(self.device)
-        if self.train["channels_last"]:
+        model = build_model(params.model, len(CLASS_NAMES)).to(self.device)
+        if self.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.net = wrap_model(model, self.device, compile=bool(self.train.get("compile")))
-        self.optimizer = make_optimizer(model, self.train["optimizer"], self.train["lr"],
-                                        self.train["weight_decay"])
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.train["label_smoothing"])
-        self.grad_clip = float(self.train["grad_clip"])
+        self.net = wrap_model(model, self.device, compile=self.train.compile)
+        self.ctx = StepContext(self.device, mean, std, self.amp, self.train.channels_last)
+        recipe = make_recipe(model, self.train, labels, self.ctx, 10 ** 6)
+        self.optimizer, self.loss_fn = recipe.optimizer, recipe.loss_fn
+        self.grad_clip = self.train.grad_clip
 
     @property
     def precision(self) -> str:
-        return str(self.amp).removeprefix("torch.") if self.amp else "fp32"
+        return precision_name(self.amp)
 
 
 def bare(s: Setup, ctx: StepContext, x: torch.Tensor, y: torch.Tensor, batches: int) -> float:
@@ -105,7 +103,7 @@ def bare(s: Setup, ctx: StepContext, x: torch.Tensor, y: torch.Tensor, batches: 
 def pipeline(s: Setup, ctx: StepContext, images: torch.Tensor, labels: torch.Tensor,
              batches: int, gen: torch.Generator) -> float:
     """images/s of `train_one_epoch` over `batches` random batches of the real arrays."""
-    scheduler = one_cycle(s.optimizer, s.train["lr"], 10 ** 6, s.train["pct_start"])
+    scheduler = one_cycle(s.optimizer, s.train.lr, 10 ** 6, s.train.pct_start)
     order = torch.randperm(len(labels), generator=gen, device=s.device)
     train_one_epoch(s.net, images, labels, order[:WARMUP * s.batch], s.optimizer, scheduler,
                     s.loss_fn, ctx, s.aug, s.batch, gen, s.grad_clip, desc="warm-up")
@@ -193,7 +191,7 @@ def augment_only(s: Setup, ctx: StepContext, images: torch.Tensor, batches: int,
 def data_stages(params_path: Path, archive: Path) -> dict[str, float]:
     """Wall seconds of `python stages/{download,prepare,stats}.py` in a fresh temp folder, with
     the local archive as the source (each stage a new process, as DVC runs it)."""
-    params = load_params(params_path)
+    params = load_params(params_path).model_dump()
     params["download"]["local_archive"] = str(archive.resolve())
     seconds = {}
     with tempfile.TemporaryDirectory(prefix="ferpipe-bench-") as tmp:
@@ -263,21 +261,22 @@ def predict_latency(checkpoint: Path, repeats: int, tta: str = "none") -> dict[s
     return result
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the figures and return them.
 
     Raises:
-        ferpipe.data.DataError: the prepared arrays or the raw archive are missing (run
-            `dvc repro prepare` first).
-        ValueError: the training split is too small for `--batches` batches of train.batch_size.
+        DataError: the prepared arrays or the raw archive are missing (run `dvc repro prepare`
+            first).
+        ParamsError: the training split is too small for `--batches` batches of
+            train.batch_size; see also `load_params`.
     """
-    p = argparse.ArgumentParser(prog="python -m ferpipe.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="ferpipe-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--params", type=Path, default=Path("params.yaml"),
                    help="params file (default: params.yaml in the working directory)")
     p.add_argument("--batches", type=int, default=10, help="timed batches per part per round")
     p.add_argument("--rounds", type=int, default=2, help="turns of bare/pipeline/baseline")
-    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"],
+    p.add_argument("--amp", choices=AMP_MODES,
                    help="override train.amp (e.g. compare none with bf16)")
     p.add_argument("--stem", help="override model.stem")
     p.add_argument("--channels-last", choices=["true", "false"],
@@ -294,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--model", type=Path, default=Path("models/model.pt"),
                    help="checkpoint for --predict (default %(default)s)")
     p.add_argument("--repeats", type=int, default=50, help="photos timed with --predict")
-    p.add_argument("--tta", choices=["none", "hflip", "ten_crop"], default="none",
+    p.add_argument("--tta", choices=TTA_MODES, default="none",
                    help="TTA for --predict")
     args = p.parse_args(argv)
     if args.predict:
@@ -305,29 +304,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return result
 
     params = load_params(args.params)
-    if args.channels_last:
-        params["train"]["channels_last"] = args.channels_last == "true"
-    s = Setup(params, args.amp, args.stem)
-    train = load_split(Path(s.train["data"]) / "train.npz")
-    if s.batch * (args.batches + WARMUP) > len(train["labels"]):
-        raise ValueError(f"train.batch_size {s.batch} x {args.batches + WARMUP} batches is more "
-                         f"than the {len(train['labels'])} training images; use fewer --batches")
-    stats_path = Path(s.train["stats"])
+    train_update = {key: value for key, value in (
+        ("amp", args.amp),
+        ("channels_last", None if args.channels_last is None else args.channels_last == "true"))
+        if value is not None}
+    params = params.model_copy(update={
+        "train": params.train.model_copy(update=train_update),
+        "model": params.model.model_copy(update={"stem": args.stem} if args.stem else {})})
+    train = load_split(Path(params.train.data) / "train.npz")
+    if params.train.batch_size * (args.batches + WARMUP) > len(train["labels"]):
+        raise ParamsError(f"train.batch_size {params.train.batch_size} x {args.batches + WARMUP} "
+                          f"batches is more than the {len(train['labels'])} training images; use "
+                          f"fewer --batches")
+    stats_path = Path(params.train.stats)
     stats = read_json(stats_path) if stats_path.is_file() else pixel_stats(train["images"])
-    ctx = StepContext(s.device, stats["mean"], stats["std"], s.amp, s.train["channels_last"])
+    s = Setup(params, train["labels"], stats["mean"], stats["std"])
+    ctx = s.ctx
     images = torch.from_numpy(train["images"]).to(s.device)
     labels = torch.from_numpy(train["labels"]).to(s.device)
     gen = torch.Generator(device=s.device).manual_seed(0)
     fixed = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))[:s.batch]
     print(f"device {s.device}, precision {s.precision}, stem {s.stem}, batch {s.batch}, "
-          f"channels_last {s.train['channels_last']}, compile {bool(s.train.get('compile'))}, "
+          f"channels_last {s.train.channels_last}, compile {s.train.compile}, "
           f"threads {torch.get_num_threads()}, {args.batches} batches x {args.rounds} rounds",
           flush=True)
 
     tmp = None
     loader_iter = None
     if not args.skip_baseline:
-        raw = Path(section(params, "prepare")["raw"]) / RAW_ARCHIVE
+        raw = Path(params.prepare.raw) / RAW_ARCHIVE
         tmp = tempfile.TemporaryDirectory(prefix="ferpipe-bench-images-")
         with zipfile.ZipFile(raw) as zf:  # the unpacked JPEGs the per-image loader reads
             zf.extractall(tmp.name, [n for n in zf.namelist() if n.startswith("train/")])
@@ -348,8 +353,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                  if v) + " images/s", flush=True)
         result: dict[str, Any] = {
             "device": str(s.device), "precision": s.precision, "stem": s.stem,
-            "batch_size": s.batch, "channels_last": s.train["channels_last"],
-            "compile": bool(s.train.get("compile")), "threads": torch.get_num_threads(),
+            "batch_size": s.batch, "channels_last": s.train.channels_last,
+            "compile": s.train.compile, "threads": torch.get_num_threads(),
             "batches": args.batches, "rounds": args.rounds}
         for key, values in figures.items():
             if values:
@@ -368,7 +373,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             tmp.cleanup()
 
     if not args.skip_data:
-        local = Path(section(params, "download")["local_archive"])
+        local = Path(params.download.local_archive)
         if local.is_file():
             result["data_stage_seconds"] = data_stages(args.params, local)
         else:
@@ -383,6 +388,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def main() -> None:
+    """The `ferpipe-bench` command: `run` with the command line, errors as one line each."""
+    run_main(lambda: run() and None)
 
 
 if __name__ == "__main__":

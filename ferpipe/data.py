@@ -1,8 +1,9 @@
 """Prepared FER2013 arrays: class names, the split files, the val carve-out and pixel stats.
 
-Data flows one way: `ferpipe.raw` decodes the archive -> `data/prepared/<split>.npz` (uint8 images
-N x 48 x 48, int64 labels, source file names) -> `data/stats.json`. The train stage needs only
-this module, not the fetching code.
+Data flows one way: source -> `data/raw/images.zip` (`ferpipe.fetch`, `ferpipe.sources`) ->
+decoded (`ferpipe.decode`) -> `data/prepared/<split>.npz` (uint8 images N x 48 x 48, int64
+labels, source file names) -> `data/stats.json`. The train stage needs only this module, not the
+fetching code.
 """
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
+from ferpipe.errors import DataError
+
 #: The 7 FER2013 classes in the project's canonical order (alphabetical, as in the Kaggle copy).
 CLASS_NAMES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 
 #: Side of the prepared images, pixels.
 IMAGE_SIZE = 48
 
+#: The download stage's one output file inside `download.out` (and prepare's input).
+RAW_ARCHIVE = "images.zip"
 
-class DataError(RuntimeError):
-    """The data source is unreachable, malformed, or does not match what was expected."""
+__all__ = ["CLASS_NAMES", "IMAGE_SIZE", "RAW_ARCHIVE", "DataError", "stratified_split",
+           "class_counts", "save_split", "load_split", "pixel_stats", "write_json", "read_json"]
 
 
 # --------------------------------------------------------------------------- splits

@@ -6,19 +6,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
-#: Stems for 48x48 input. "standard": torchvision's 7x7 stride-2 conv + 3x3 stride-2 max-pool
-#: (feature map 12x12 after the stem). "3x3": 3x3 stride-1 conv + max-pool (24x24).
-#: "3x3_nopool": 3x3 stride-1 conv, no max-pool (48x48), the stem of the CIFAR ResNets (He et al.
-#: 2016, "Deep Residual Learning for Image Recognition", section 4.2) used by the strongest
-#: from-scratch FER2013 ResNet18 results; about 6x the compute of "3x3".
-STEMS = ("standard", "3x3", "3x3_nopool")
+from ferpipe.errors import CheckpointError, FerpipeError
+from ferpipe.params import Model
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(FerpipeError):
     """ImageNet weights were requested but could not be loaded (usually: offline, not cached)."""
 
 
@@ -45,33 +43,34 @@ def load_imagenet_state_dict() -> dict[str, torch.Tensor]:
             f"or set model.pretrained: false") from err
 
 
-def build_model(num_classes: int = 7, stem: str = "standard", pretrained: bool = False,
-                hidden: int = 0, dropout: float = 0.0) -> nn.Module:
-    """torchvision ResNet18 for 1-channel input and a `num_classes` head.
+def build_model(cfg: Model, num_classes: int = 7) -> nn.Module:
+    """torchvision ResNet18 for 1-channel input and a `num_classes` head, from the `model` params.
 
     Input: float tensor (B, 1, H, W), normalized; output: logits float (B, num_classes).
 
-    Args:
-        stem: one of STEMS (see above).
-        pretrained: start from torchvision's ImageNet weights. With the standard stem, the RGB
-            conv1 filters are summed over the colour axis into one channel (the grayscale image
-            equals R = G = B, so the response is unchanged); the 3x3 stems start fresh.
-        hidden: width of an optional hidden layer in the head (0: linear head).
-        dropout: dropout probability before each linear layer of the head.
+    `cfg.stem` (48x48 input): "standard" is torchvision's 7x7 stride-2 conv + 3x3 stride-2
+    max-pool (feature map 12x12 after the stem); "3x3" a 3x3 stride-1 conv + max-pool (24x24);
+    "3x3_nopool" a 3x3 stride-1 conv without max-pool (48x48), the stem of the CIFAR ResNets (He
+    et al. 2016, "Deep Residual Learning for Image Recognition", section 4.2) used by the
+    strongest from-scratch FER2013 ResNet18 results: every feature map has twice the side of
+    "3x3"'s, about 4x its FLOPs.
+    `cfg.pretrained` starts from torchvision's ImageNet weights: with the standard stem, the RGB
+    conv1 filters are summed over the colour axis into one channel (the grayscale image equals
+    R = G = B, so the response is unchanged); the 3x3 stems start fresh. `cfg.hidden` is the
+    width of an optional hidden layer in the head (0: linear head), `cfg.dropout` the dropout
+    probability before each linear layer of the head.
 
     Raises:
-        ValueError: unknown stem.
         PretrainedWeightsError: see `load_imagenet_state_dict`.
     """
-    if stem not in STEMS:
-        raise ValueError(f"model.stem: '{stem}' is not one of {list(STEMS)}")
+    stem, hidden, dropout = cfg.stem, cfg.hidden, cfg.dropout
     model = resnet18(weights=None)
-    if pretrained:
+    if cfg.pretrained:
         model.load_state_dict(load_imagenet_state_dict())
     rgb_weight = model.conv1.weight.data
     if stem == "standard":
         model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        if pretrained:
+        if cfg.pretrained:
             model.conv1.weight.data.copy_(rgb_weight.sum(dim=1, keepdim=True))
     else:
         model.conv1 = nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -90,9 +89,10 @@ def save_checkpoint(path: str | Path, model: nn.Module | dict[str, torch.Tensor]
                     extra: dict[str, Any] | None = None) -> None:
     """Write a self-describing checkpoint: everything `load_checkpoint` needs to rebuild the model.
 
-    `model` is the module or its `state_dict`. Keys: state_dict (fp32, CPU), class_names, mean, std (normalization, [0, 1] pixel units),
-    image_size (pixels), model (the `model` params section), params (all params used), plus
-    `extra` (epoch, val_accuracy ...). Written to a temp name, then renamed.
+    `model` is the module or its `state_dict`. Keys: state_dict (fp32, CPU), class_names, mean,
+    std (normalization, [0, 1] pixel units), image_size (pixels), model (the `model` params
+    section), params (all params used), plus `extra` (epoch, val_accuracy ...). Written to a
+    temp name, then renamed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,21 +106,48 @@ def save_checkpoint(path: str | Path, model: nn.Module | dict[str, torch.Tensor]
     tmp.replace(path)
 
 
+#: What `load_checkpoint` needs in a checkpoint, with the type of each.
+CHECKPOINT_KEYS = {"state_dict": dict, "class_names": list, "mean": float, "std": float,
+                   "image_size": int, "model": dict}
+
+
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a checkpoint written by `save_checkpoint` (with `weights_only=True`).
+    """Load a checkpoint written by `save_checkpoint` (with `torch.load(weights_only=True)`).
 
     Returns:
         (model in eval mode on the CPU, the checkpoint dict).
 
     Raises:
-        FileNotFoundError: no checkpoint at `path`.
+        CheckpointError: no file at `path`; a file that is not a torch checkpoint (or holds
+            objects other than tensors and plain values); one that lacks a key of
+            CHECKPOINT_KEYS (e.g. a bare `state_dict`), whose std is not positive, or whose
+            weights do not fit its `model` params. The message names the file and what a
+            checkpoint must hold.
     """
     path = Path(path)
+    must = ("a checkpoint of the train stage (a dict with " + ", ".join(CHECKPOINT_KEYS) + ")")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found (run the train stage)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    arch = ckpt["model"]
-    model = build_model(len(ckpt["class_names"]), stem=arch["stem"], pretrained=False,
-                        hidden=arch.get("hidden", 0), dropout=arch.get("dropout", 0.0))
-    model.load_state_dict(ckpt["state_dict"])
+        raise CheckpointError(f"{path}: checkpoint not found (run the train stage)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling, zip and torch errors of a file that is not ours
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({reason}); expected "
+                              f"{must}") from None
+    if not isinstance(ckpt, dict) or any(not isinstance(ckpt.get(k), (float, int) if t is float
+                                                        else t)
+                                         for k, t in CHECKPOINT_KEYS.items()):
+        missing = ([k for k, t in CHECKPOINT_KEYS.items() if k not in ckpt]
+                   if isinstance(ckpt, dict) else list(CHECKPOINT_KEYS))
+        raise CheckpointError(f"{path}: not {must}" + (f"; missing {missing}" if missing else
+                                                        "; a key has the wrong type"))
+    if not (ckpt["std"] > 0 and np.isfinite(ckpt["std"]) and np.isfinite(ckpt["mean"])):
+        raise CheckpointError(f"{path}: normalization mean {ckpt['mean']}, std {ckpt['std']}; "
+                              f"expected finite values and std > 0")
+    try:
+        model = build_model(Model.model_validate(ckpt["model"]), len(ckpt["class_names"]))
+        model.load_state_dict(ckpt["state_dict"])
+    except (ValidationError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: its weights do not fit its model params "
+                              f"{ckpt['model']}: {str(err).splitlines()[0][:200]}") from None
     return model.eval(), ckpt

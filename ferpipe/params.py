@@ -1,47 +1,79 @@
-"""Reading and checking `params.yaml`: one section per stage, every value validated at start.
+"""`params.yaml`: its schema, and the only place where its values are checked.
 
-The schema is a set of pydantic models, one per section. Every stage validates the whole file
-when it starts, so a typo (`train.lrr`), a value of the wrong type, out of range or not among the
-allowed choices stops the stage before it writes anything, with an error that names the file,
-the key, the bad value and what is allowed.
+One pydantic model per section; every stage loads and validates the whole file when it starts and
+then reads typed values (`params.train.lr`). A typo (`train.lrr`), a value of the wrong type, out
+of range, not finite or not among the allowed choices, a key written twice, or an output path that
+would overwrite something else stops the stage before it writes anything, with one line per
+problem naming the file, the key, the bad value and what is allowed. Each list of choices is
+defined here once; the modules that act on a choice take it as given.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+
+from ferpipe.errors import ParamsError, shorten
 
 DEFAULT_PARAMS = Path("params.yaml")
 
-#: The ResNet18 stems `ferpipe.model.STEMS` builds (kept here so reading params needs no torch).
-STEMS = ("standard", "3x3", "3x3_nopool")
+# --------------------------------------------------------------------------- choices (defined once)
 
-Probability = Annotated[float, Field(ge=0, le=1)]
-Fraction = Annotated[float, Field(gt=0, lt=1)]
-Positive = Annotated[float, Field(gt=0)]
-NonNegative = Annotated[float, Field(ge=0)]
-Count = Annotated[int, Field(ge=1)]
-Seed = Annotated[int, Field(ge=0)]
+Stem = Literal["standard", "3x3", "3x3_nopool"]
+Optimizer = Literal["adamw", "sgd"]
+AmpMode = Literal["auto", "bf16", "fp16", "none"]
+ClassWeights = Literal["none", "inverse_frequency"]
+TtaMode = Literal["none", "hflip", "ten_crop"]
+
+#: ResNet18 stems (see `ferpipe.model.build_model`).
+STEMS: tuple[str, ...] = get_args(Stem)
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+AMP_MODES: tuple[str, ...] = get_args(AmpMode)
+CLASS_WEIGHTS: tuple[str, ...] = get_args(ClassWeights)
+#: Test-time augmentation modes (see `ferpipe.inference.tta_views`).
+TTA_MODES: tuple[str, ...] = get_args(TtaMode)
+
+#: The largest seed: numpy and scikit-learn take seeds in 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+
+
+def _number(value: Any) -> Any:
+    """Refuse booleans where a number is expected; read YAML 1.1's `1e-3` (a string) as a float."""
+    if isinstance(value, bool):
+        raise ValueError("input should be a number, not a boolean")
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError("input should be a valid number") from None
+    return value
+
+
+Float = Annotated[float, BeforeValidator(_number)]
+Int = Annotated[int, Strict()]
+Probability = Annotated[Float, Field(ge=0, le=1)]
+Fraction = Annotated[Float, Field(gt=0, lt=1)]
+Positive = Annotated[Float, Field(gt=0)]
+NonNegative = Annotated[Float, Field(ge=0)]
+Count = Annotated[Int, Field(ge=1)]
+Seed = Annotated[Int, Field(ge=0, le=MAX_SEED)]
 Path_ = Annotated[str, Field(min_length=1)]
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
-
-
-class ParamsError(ValueError):
-    """A params file is missing, unreadable, or has a value that is not allowed."""
+Bool = Annotated[bool, Strict()]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Download(_Section):
     source: Path_
     local_archive: Path_
-    sha256: Optional[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]] = None
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
     out: Path_
     max_unpacked_mb: Positive
     max_members: Count
@@ -52,11 +84,11 @@ class Prepare(_Section):
     out: Path_
     val_fraction: Fraction
     seed: Seed
-    image_size: Annotated[int, Field(ge=8, le=1024)]
+    image_size: Annotated[Int, Field(ge=8, le=1024)]
     max_bad_fraction: Probability
-    drop_test_overlap: bool
-    drop_duplicates: bool
-    drop_uniform: bool
+    drop_test_overlap: Bool
+    drop_duplicates: Bool
+    drop_uniform: Bool
     uniform_std: NonNegative
 
 
@@ -66,19 +98,19 @@ class Stats(_Section):
 
 
 class Model(_Section):
-    stem: Literal[STEMS]  # type: ignore[valid-type]
-    pretrained: bool
-    hidden: Annotated[int, Field(ge=0)]
-    dropout: Annotated[float, Field(ge=0, lt=1)]
+    stem: Stem
+    pretrained: Bool
+    hidden: Annotated[Int, Field(ge=0)]
+    dropout: Annotated[Float, Field(ge=0, lt=1)]
 
 
 class Augment(_Section):
     hflip: Probability
-    rotation: Annotated[float, Field(ge=0, le=180)]
-    translate: Annotated[float, Field(ge=0, lt=1)]
-    scale: Annotated[float, Field(ge=0, lt=1)]
-    brightness: Annotated[float, Field(ge=0, lt=1)]
-    contrast: Annotated[float, Field(ge=0, lt=1)]
+    rotation: Annotated[Float, Field(ge=0, le=180)]
+    translate: Annotated[Float, Field(ge=0, lt=1)]
+    scale: Annotated[Float, Field(ge=0, lt=1)]
+    brightness: Annotated[Float, Field(ge=0, lt=1)]
+    contrast: Annotated[Float, Field(ge=0, lt=1)]
     erasing: Probability
 
 
@@ -90,20 +122,20 @@ class Train(_Section):
     lr: Positive
     epochs: Count
     batch_size: Count
-    optimizer: Literal["adamw", "sgd"]
-    momentum: Annotated[float, Field(ge=0, lt=1)]
+    optimizer: Optimizer
+    momentum: Annotated[Float, Field(ge=0, lt=1)]
     weight_decay: NonNegative
     pct_start: Fraction
     grad_clip: NonNegative
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)]
-    class_weights: Literal["none", "inverse_frequency"]
+    label_smoothing: Annotated[Float, Field(ge=0, lt=1)]
+    class_weights: ClassWeights
     seed: Seed
     device: Device
-    amp: Literal["auto", "bf16", "fp16", "none"]
-    channels_last: bool
-    compile: bool
+    amp: AmpMode
+    channels_last: Bool
+    compile: Bool
     launcher: Annotated[str, Field(min_length=1)]
-    resume: bool
+    resume: Bool
 
 
 class Evaluate(_Section):
@@ -112,9 +144,9 @@ class Evaluate(_Section):
     run: Path_
     batch_size: Count
     device: Device
-    tta: Literal["none", "hflip", "ten_crop"]
-    tta_crop: Annotated[int, Field(ge=8, le=1024)]
-    registry: bool
+    tta: TtaMode
+    tta_crop: Annotated[Int, Field(ge=8, le=1024)]
+    registry: Bool
     registry_name: Annotated[str, Field(min_length=1)]
     registry_alias: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")]
 
@@ -124,7 +156,7 @@ class Plot(_Section):
     run: Path_
     out: Path_
     grid: Path_
-    grid_images: Annotated[int, Field(ge=1, le=400)]
+    grid_images: Annotated[Int, Field(ge=1, le=400)]
     seed: Seed
 
 
@@ -139,10 +171,14 @@ class Params(_Section):
     plot: Plot
 
 
+# --------------------------------------------------------------------------- reading
+
+
 def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
     """One line for one pydantic error: the dotted key, the bad value, and what is allowed."""
     loc = [str(part) for part in err["loc"]]
     key = ".".join(loc)
+    got = shorten(err.get("input"))
     if err["type"] == "extra_forbidden":
         owner: Any = model
         for part in loc[:-1]:
@@ -151,73 +187,100 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
         where = f"key in section '{'.'.join(loc[:-1])}'" if len(loc) > 1 else "section"
         return f"{key}: unknown {where} (a typo?); allowed: {allowed}"
     if err["type"] == "string_pattern_mismatch" and loc[-1] == "device":
-        return f"{key}: got {err.get('input')!r}; expected auto, cpu, mps, cuda or cuda:<index>"
+        return f"{key}: got {got}; expected auto, cpu, mps, cuda or cuda:<index>"
     if err["type"] == "string_pattern_mismatch" and loc[-1] == "sha256":
-        return f"{key}: got {err.get('input')!r}; expected null or 64 hexadecimal digits"
+        return f"{key}: got {got}; expected null or 64 hexadecimal digits"
     if err["type"] == "string_pattern_mismatch" and loc[-1] == "registry_alias":
-        return (f"{key}: got {err.get('input')!r}; expected a name of letters, digits, _ and - "
+        return (f"{key}: got {got}; expected a name of letters, digits, _ and - "
                 f"(an MLflow model alias, e.g. candidate)")
     if err["type"] == "missing":
         return f"{key}: missing (required)"
-    return f"{key}: got {err.get('input')!r}; {err['msg'][0].lower()}{err['msg'][1:]}"
+    if err["type"] == "model_type":
+        return f"{key}: got {got}; expected a section (a mapping of keys to values)"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{key}: got {got}; {message[0].lower()}{message[1:]}"
 
 
-def validate_params(raw: Any, path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+def validate_params(raw: Any, path: str | Path = DEFAULT_PARAMS) -> Params:
     """Check a parsed params mapping against the schema.
 
     Returns:
-        The params as plain dicts, with defaults filled in and numbers converted (`"1e-3"`,
-        which YAML reads as a string, becomes 0.001).
+        The typed params (`params.train.lr` ...), numbers converted (`"1e-3"`, which YAML reads
+        as a string, becomes 0.001).
 
     Raises:
-        ParamsError: one line per problem, each naming `<section>.<key>`, the bad value and
-            what is allowed, after the file name.
+        ParamsError: one line per problem, `<file>: <section>.<key>: got <value>; <what is
+            allowed>` (values longer than 80 characters are cut).
     """
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw).model_dump()
+        return Params.model_validate(raw)
     except ValidationError as err:
-        lines = [_describe(e, Params) for e in err.errors()]
-        raise ParamsError(f"{path}: {len(lines)} invalid value(s):\n  " + "\n  ".join(lines)
+        raise ParamsError("\n".join(f"{path}: {_describe(e, Params)}" for e in err.errors())
                           ) from None
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
-    """Read and validate the whole params file (see `validate_params`).
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping and any alias (`*name`:
+    one alias can expand to gigabytes, and params need none)."""
 
-    Args:
-        path: the YAML file (default `params.yaml` in the working directory).
+    def compose_node(self, parent, index):  # noqa: ANN001 (PyYAML's signature)
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"line {mark.line + 1}: YAML aliases (*name) are not allowed "
+                                 f"in params; write the value out")
+        return super().compose_node(parent, index)
 
-    Returns:
-        The validated mapping of section name to section dict.
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.YAMLError(f"line {line}: key '{shorten(key)[1:-1]}' is written twice "
+                                     f"(first on line {seen[key]}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file with `_StrictLoader`.
 
     Raises:
-        ParamsError: the file does not exist, is not valid YAML, or a value is not allowed.
+        ParamsError: the file is missing, not UTF-8, not valid YAML, has a duplicate key or an
+            alias; naming the file (and the line).
     """
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8"
+                          ) from None
+    except OSError as err:
+        raise ParamsError(f"{path}: cannot read: {err.strerror}") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from err
-    return validate_params(raw, path)
+        detail = " ".join(str(err).split())
+        raise ParamsError(f"{path}: not valid YAML: {shorten(detail, 300)[1:-1]}") from None
 
 
-def section(params: dict[str, Any], name: str) -> dict[str, Any]:
-    """Return `params[name]` of validated params.
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate the whole params file (see `read_yaml`, `validate_params`).
 
     Raises:
-        ParamsError: there is no such section.
+        ParamsError: see `read_yaml` and `validate_params`.
     """
-    if name not in params:
-        raise ParamsError(f"no params section '{name}'")
-    return params[name]
+    return validate_params(read_yaml(path), path)
 
 
-def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(params: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Flatten nested sections to dotted keys, e.g. `{"train": {"lr": 1e-3}}` -> `{"train.lr": 1e-3}`."""
+    if isinstance(params, BaseModel):
+        params = params.model_dump()
     flat: dict[str, Any] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
@@ -228,8 +291,9 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def stage_args(description: str) -> argparse.Namespace:
+def stage_args(description: str | None) -> argparse.Namespace:
     """Parse the only option a stage takes: `--params PATH` (default `params.yaml`)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (YAML)")
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS),
+                        help="params file (YAML) (default: %(default)s)")
     return parser.parse_args()

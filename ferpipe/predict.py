@@ -1,4 +1,5 @@
-"""Predict facial expressions on your own photos: `python -m ferpipe.predict PHOTO_OR_FOLDER ...`.
+"""Predict facial expressions on your own photos: `ferpipe-predict PHOTO_OR_FOLDER ...` (or
+`python -m ferpipe.predict`).
 
 Faces are found with OpenCV's bundled Haar cascade (`haarcascade_frontalface_default.xml`, Viola &
 Jones 2001, shipped with opencv-python-headless 4.x), each face is cropped as a square with a
@@ -20,14 +21,17 @@ import json
 import re
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ferpipe.inference import TTA_MODES, Classifier
+from ferpipe.errors import FerpipeError
+from ferpipe.inference import Classifier
+from ferpipe.params import TTA_MODES
 
 #: Files taken from a folder argument (a file named explicitly is always tried).
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -51,10 +55,8 @@ class FaceDetector:
     """OpenCV's frontal-face Haar cascade (`detectMultiScale` with scale factor 1.1 and 5
     neighbours, as in OpenCV's face-detection tutorial), searched on a downscaled copy.
 
-    The defaults are chosen for speed on portraits: on the 2-core CPU of the README, a 640 x 480
-    photo took 61 ms at full size and 19 ms downscaled to 320 pixels with faces of at least 15%
-    of the shorter side (`python -m ferpipe.bench --predict`); for small faces in large photos
-    use `max_side=0` and a smaller `min_size`.
+    The defaults are chosen for speed on portraits (measured with `ferpipe-bench --predict`, see
+    docs/speed.md); for small faces in large photos use `max_side=0` and a smaller `min_size`.
 
     Args:
         scale_factor: image-pyramid step of `detectMultiScale` (1.1: thorough, 1.2: faster).
@@ -258,11 +260,11 @@ def table_line(p: Prediction, names: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ferpipe.predict", description=__doc__.split("\n\n")[0],
+        prog="ferpipe-predict", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  python -m ferpipe.predict photo.jpg\n"
-               "  python -m ferpipe.predict photos/ --json --annotate annotated/\n"
-               "  python -m ferpipe.predict photo.jpg --model models:/fer2013-resnet18@candidate")
+        epilog="examples:\n  ferpipe-predict photo.jpg\n"
+               "  ferpipe-predict photos/ --json --annotate annotated/\n"
+               "  ferpipe-predict photo.jpg --model models:/fer2013-resnet18@candidate")
     parser.add_argument("paths", nargs="+", help="image files or folders")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="checkpoint file, or MLflow URI models:/<name>@<alias>, "
@@ -290,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         detector = FaceDetector(min_size=args.min_face, max_side=args.max_side)
         predictor = Predictor(load_classifier(args.model), detector,
                               margin=args.margin, tta=args.tta, tta_crop=args.tta_crop)
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, FerpipeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     names = predictor.classifier.class_names

@@ -17,6 +17,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from ferpipe.errors import shorten
+from ferpipe.params import TTA_MODES
+
 #: Artifact path of the serving model inside the run.
 SERVING_MODEL = "expression_model"
 
@@ -41,10 +44,12 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
             DataFrame (B rows, one float column per class name) of probabilities.
 
         Raises:
-            ValueError: another shape, or values outside 0-255.
+            ValueError: another shape, values outside 0-255, or an unknown `tta`.
         """
         images = to_pixels(model_input, self.classifier.image_size)
         tta = (params or {}).get("tta", "none")
+        if tta not in TTA_MODES:
+            raise ValueError(f"params.tta: got {shorten(tta)}; expected one of {list(TTA_MODES)}")
         probs = self.classifier.predict(images, tta=tta)
         return pd.DataFrame(probs, columns=self.classifier.class_names)
 

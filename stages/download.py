@@ -1,22 +1,18 @@
 """Stage 1, download: fetch FER2013 and normalize it into data/raw/images.zip."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ferpipe.data import write_json  # noqa: E402
-from ferpipe.raw import fetch_raw  # noqa: E402
-from ferpipe.params import load_params, section, stage_args  # noqa: E402
+from ferpipe.data import write_json
+from ferpipe.errors import run_main
+from ferpipe.fetch import fetch_raw
+from ferpipe.params import load_params, stage_args
 
 
 def main() -> None:
-    args = stage_args(__doc__)
-    cfg = section(load_params(args.params), "download")
-    counts = fetch_raw(cfg["source"], Path(cfg["local_archive"]), Path(cfg["out"]),
-                       sha256=cfg["sha256"],
-                       max_unpacked_bytes=int(cfg["max_unpacked_mb"] * 2**20),
-                       max_members=cfg["max_members"])
+    cfg = load_params(stage_args(__doc__).params).download
+    counts = fetch_raw(cfg.source, Path(cfg.local_archive), Path(cfg.out), sha256=cfg.sha256,
+                       max_unpacked_bytes=int(cfg.max_unpacked_mb * 2**20),
+                       max_members=cfg.max_members)
     for split, per_class in counts.items():
         print(f"{split}: {sum(per_class.values())} files {per_class}")
     write_json({split: {"images": sum(c.values()), **c} for split, c in counts.items()},
@@ -24,4 +20,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

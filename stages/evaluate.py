@@ -6,56 +6,54 @@ The photo is scikit-image's public-domain NASA portrait (`skimage.data.astronaut
 the predict command's face detection and drawn with its prediction to metrics/astronaut.png."""
 
 import csv
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import mlflow
+import numpy as np
+import torch
+from PIL import Image
+from skimage import data as skdata
 
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from skimage import data as skdata  # noqa: E402
-
-from ferpipe import serving, tracking  # noqa: E402
-from ferpipe.data import load_split, write_json  # noqa: E402
-from ferpipe.inference import Classifier, predict_proba  # noqa: E402
-from ferpipe.metrics import classification_metrics, report_text  # noqa: E402
-from ferpipe.model import load_checkpoint  # noqa: E402
-from ferpipe.params import flatten, load_params, section, stage_args  # noqa: E402
-from ferpipe.predict import Predictor, annotate  # noqa: E402
-from ferpipe.training import resolve_device  # noqa: E402
+from ferpipe import serving, tracking
+from ferpipe.data import load_split, write_json
+from ferpipe.device import StepContext, resolve_device
+from ferpipe.errors import run_main
+from ferpipe.inference import Classifier, predict_log_proba
+from ferpipe.metrics import classification_metrics, report_text
+from ferpipe.params import flatten, load_params, stage_args
+from ferpipe.predict import Predictor, annotate
 
 #: Metrics also reported without TTA, so `dvc exp show` shows the gain.
 COMPARED = ("accuracy", "macro_f1", "top2_accuracy", "loss")
 
 
 def main() -> None:
-    args = stage_args(__doc__)
-    cfg = section(load_params(args.params), "evaluate")
-    model, ckpt = load_checkpoint(cfg["model"])
-    device = resolve_device(cfg["device"])
-    test = load_split(cfg["test"])
-    names = ckpt["class_names"]
+    cfg = load_params(stage_args(__doc__).params).evaluate
+    classifier = Classifier.from_checkpoint(cfg.model)
+    device = resolve_device(cfg.device, "evaluate.device")
+    model = classifier.model.to(device)
+    ctx = StepContext(device, classifier.ctx.mean, classifier.ctx.std, channels_last=True)
+    test = load_split(cfg.test)
+    names = classifier.class_names
 
     def score(tta: str) -> tuple[dict, torch.Tensor]:
-        probs = predict_proba(model.to(device), test["images"], ckpt["mean"], ckpt["std"], tta,
-                              cfg["tta_crop"], cfg["batch_size"], device)
-        log_probs = probs.clamp_min(1e-12).log()  # softmax(log p) = p: metrics take logits
+        # log-probabilities are logits too (softmax(log p) = p): the metrics take them as such
+        log_probs = predict_log_proba(model, test["images"], ctx, tta, cfg.tta_crop,
+                                      cfg.batch_size)
         return classification_metrics(log_probs, test["labels"], names), log_probs
 
     plain, log_probs = score("none")
-    if cfg["tta"] == "none":
+    if cfg.tta == "none":
         metrics = plain
     else:
-        metrics, log_probs = score(cfg["tta"])
-    metrics = {**metrics, "tta": cfg["tta"],
+        metrics, log_probs = score(cfg.tta)
+    metrics = {**metrics, "tta": cfg.tta,
                "no_tta": {key: plain[key] for key in COMPARED},
                "tta_gain": metrics["accuracy"] - plain["accuracy"]}
     pred = log_probs.argmax(1).numpy()
     report = report_text(test["labels"], pred, names)
     print(report)
-    print(f"accuracy {metrics['accuracy']:.4f} with TTA {cfg['tta']}, {plain['accuracy']:.4f} "
+    print(f"accuracy {metrics['accuracy']:.4f} with TTA {cfg.tta}, {plain['accuracy']:.4f} "
           f"without ({metrics['tta_gain']:+.4f})")
 
     write_json(metrics, "metrics/eval.json")
@@ -65,30 +63,31 @@ def main() -> None:
         writer.writerow(["actual", "predicted"])
         writer.writerows((names[a], names[p]) for a, p in zip(test["labels"], pred))
     photo = skdata.astronaut()
-    faces = Predictor(Classifier.from_checkpoint(cfg["model"])).predict_image(
+    model.cpu()  # the predict command's path, as a user runs it
+    faces = Predictor(classifier).predict_image(
         np.asarray(Image.fromarray(photo).convert("L")), "astronaut")
     annotate(photo, faces, Path("metrics/astronaut.png"))
     print("astronaut: " + ", ".join(f"{f.expression} {f.probability:.2f}" for f in faces))
 
-    with tracking.resume_run(cfg["run"]) as run:
+    with tracking.resume_run(cfg.run) as run:
         mlflow.log_metrics({f"test_{k}": v for k, v in flatten(metrics).items()
                             if isinstance(v, (int, float))})
         for path in ("metrics/eval.json", "metrics/classification_report.txt",
                      "metrics/confusion.csv", "metrics/astronaut.png"):
             mlflow.log_artifact(path, artifact_path="eval")
-        if cfg["registry"]:
+        if cfg.registry:
             # A generated example (FER2013 images are not redistributed): mid-grey and a ramp.
-            size = ckpt["image_size"]
+            size = classifier.image_size
             example = np.stack([np.full((size, size), 128.0),
                                 np.tile(np.linspace(0, 255, size), (size, 1))]).astype(np.float32)
-            uri = serving.log_serving_model(cfg["model"], example)
-            version = serving.register(uri, cfg["registry_name"], cfg["registry_alias"], {
-                "test_accuracy": f"{metrics['accuracy']:.4f}", "tta": cfg["tta"],
+            uri = serving.log_serving_model(cfg.model, example)
+            version = serving.register(uri, cfg.registry_name, cfg.registry_alias, {
+                "test_accuracy": f"{metrics['accuracy']:.4f}", "tta": cfg.tta,
                 "test_accuracy_no_tta": f"{plain['accuracy']:.4f}",
                 "run_id": run.info.run_id})
-            print(f"registered models:/{cfg['registry_name']}@{cfg['registry_alias']} "
+            print(f"registered models:/{cfg.registry_name}@{cfg.registry_alias} "
                   f"(version {version})")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -3,23 +3,20 @@
 The prediction grid shows FER2013 test images, so it is kept in the DVC cache and MLflow, not in
 git (the dataset's images must not be redistributed); the other PNGs are committed."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import mlflow
+import pandas as pd
 
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from ferpipe import plots, tracking  # noqa: E402
-from ferpipe.data import load_split, read_json  # noqa: E402
-from ferpipe.params import load_params, section, stage_args  # noqa: E402
+from ferpipe import plots, tracking
+from ferpipe.data import load_split, read_json
+from ferpipe.errors import run_main
+from ferpipe.params import load_params, stage_args
 
 
 def main() -> None:
-    args = stage_args(__doc__)
-    cfg = section(load_params(args.params), "plot")
-    out = Path(cfg["out"])
+    cfg = load_params(stage_args(__doc__).params).plot
+    out = Path(cfg.out)
     history = pd.read_csv("metrics/history.csv")
     pairs = pd.read_csv("metrics/confusion.csv")
     evaluation = read_json("metrics/eval.json")
@@ -31,14 +28,14 @@ def main() -> None:
         plots.learning_rate(pd.read_csv("metrics/lr.csv"), out / "lr.png"),
         plots.confusion(actual, predicted, names, out / "confusion.png"),
         plots.per_class_f1(evaluation["per_class"], out / "per_class_f1.png"),
-        plots.prediction_grid(load_split(cfg["test"])["images"], actual, predicted,
-                              Path(cfg["grid"]), n=cfg["grid_images"], seed=cfg["seed"]),
+        plots.prediction_grid(load_split(cfg.test)["images"], actual, predicted,
+                              Path(cfg.grid), n=cfg.grid_images, seed=cfg.seed),
     ]
-    with tracking.resume_run(cfg["run"]):
+    with tracking.resume_run(cfg.run):
         for path in written:
             mlflow.log_artifact(str(path), artifact_path="plots")
     print("wrote " + ", ".join(str(p) for p in written))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -7,34 +7,30 @@ Nothing is written when a check fails.
 """
 
 import csv
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ferpipe.data import (DataError, class_counts, save_split, stratified_split,  # noqa: E402
-                          write_json)
-from ferpipe.params import load_params, section, stage_args  # noqa: E402
-from ferpipe.quality import check_bad_fraction, clean_splits  # noqa: E402
-from ferpipe.raw import RAW_ARCHIVE, decode_archive  # noqa: E402
+from ferpipe.data import RAW_ARCHIVE, DataError, class_counts, save_split, stratified_split, write_json
+from ferpipe.decode import decode_archive
+from ferpipe.errors import run_main
+from ferpipe.params import load_params, stage_args
+from ferpipe.quality import check_bad_fraction, clean_splits
 
 
 def main() -> None:
-    args = stage_args(__doc__)
-    cfg = section(load_params(args.params), "prepare")
-    raw, out = Path(cfg["raw"]), Path(cfg["out"])
-    decoded = decode_archive(raw / RAW_ARCHIVE, cfg["image_size"])
+    cfg = load_params(stage_args(__doc__).params).prepare
+    raw, out = Path(cfg.raw), Path(cfg.out)
+    decoded = decode_archive(raw / RAW_ARCHIVE, cfg.image_size)
     splits = {split: arrays for split, (arrays, _) in decoded.items()}
     info = {split: info for split, (_, info) in decoded.items()}
-    check_bad_fraction(splits, info, cfg["max_bad_fraction"])
+    check_bad_fraction(splits, info, cfg.max_bad_fraction)
     splits, quality = clean_splits(
-        splits, drop_test_overlap=cfg["drop_test_overlap"], drop_uniform=cfg["drop_uniform"],
-        drop_duplicates=cfg["drop_duplicates"], uniform_std=cfg["uniform_std"])
+        splits, drop_test_overlap=cfg.drop_test_overlap, drop_uniform=cfg.drop_uniform,
+        drop_duplicates=cfg.drop_duplicates, uniform_std=cfg.uniform_std)
     for split, entry in info.items():
         quality[split].update(bad=len(entry["bad"]), converted=entry["converted"])
     if "val" not in splits:
-        splits["train"], splits["val"] = stratified_split(splits["train"], cfg["val_fraction"],
-                                                          cfg["seed"])
+        splits["train"], splits["val"] = stratified_split(splits["train"], cfg.val_fraction,
+                                                          cfg.seed)
     for split in ("train", "val", "test"):
         if len(splits[split]["labels"]) == 0:
             raise DataError(f"prepare: no images left in split '{split}' after cleaning "
@@ -61,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,35 +1,34 @@
 """Stage 4, train: ResNet18 with a one-cycle schedule; keeps the best checkpoint by val accuracy.
 
-Runs as one process (`python stages/train.py`) or data-parallel under torchrun
-(`torchrun --standalone --nproc_per_node=N stages/train.py`), where rank 0 writes every output.
+Runs as one process (`python -m stages.train`) or data-parallel under torchrun
+(`torchrun --standalone --nproc_per_node=N -m stages.train`), where rank 0 writes every output.
 After every epoch it writes `<out>/resume.pt`; when the stage is killed and run again with the same
-params and data, it continues after the last completed epoch, in the same MLflow run. The file is
-deleted when training finishes.
+params, data and code, it continues after the last completed epoch, in the same MLflow run. The
+file is deleted when training finishes.
 """
 
 import contextlib
 import csv
 import resource
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import mlflow
+import torch
 
-import mlflow  # noqa: E402
-import torch  # noqa: E402
-
-from ferpipe import tracking  # noqa: E402
-from ferpipe.augment import AugmentConfig  # noqa: E402
-from ferpipe.data import CLASS_NAMES, load_split, read_json, write_json  # noqa: E402
-from ferpipe.model import build_model, save_checkpoint  # noqa: E402
-from ferpipe.params import load_params, section, stage_args  # noqa: E402
-from ferpipe.training import (Resume, StepContext, all_reduce, fingerprint, fit,  # noqa: E402
-                              init_distributed, resolve_amp, shutdown_distributed)
+from ferpipe import tracking
+from ferpipe.codedeps import package_modules
+from ferpipe.data import CLASS_NAMES, load_split, read_json, write_json
+from ferpipe.device import StepContext, precision_name, resolve_amp
+from ferpipe.distributed import Dist, all_reduce, init_distributed, shutdown_distributed
+from ferpipe.errors import run_main
+from ferpipe.model import build_model, save_checkpoint
+from ferpipe.params import Params, load_params, stage_args
+from ferpipe.resume import Resume, fingerprint
+from ferpipe.training import fit
 
 #: The code a resume checkpoint must have been written by (with the same params and data): this
-#: script and the package modules it trains with.
-CODE = [Path(__file__), *(Path(sys.modules[f"ferpipe.{name}"].__file__) for name in
-                          ("augment", "data", "model", "params", "tracking", "training"))]
+#: script and every package module it imports (the list dvc.yaml's deps are checked against).
+CODE = [Path(__file__), *package_modules(Path(__file__))]
 
 
 def peak_rss_mb() -> float:
@@ -46,51 +45,47 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    args = stage_args(__doc__)
-    params = load_params(args.params)
-    cfg, model_cfg = section(params, "train"), section(params, "model")
-    aug = AugmentConfig.from_params(section(params, "augment"))
-    used = {"train": cfg, "model": model_cfg, "augment": section(params, "augment")}
-
-    dist, device = init_distributed(cfg["device"])
+    params = load_params(stage_args(__doc__).params)
+    dist, device = init_distributed(params.train.device)
     try:
-        train_model(cfg, model_cfg, aug, used, dist, device)
+        train_model(params, dist, device)
     finally:
         shutdown_distributed()
 
 
-def train_model(cfg: dict, model_cfg: dict, aug: AugmentConfig, used: dict, dist, device) -> None:
+def train_model(params: Params, dist: Dist, device: torch.device) -> None:
     """Build, train and save the model; only rank 0 writes files and logs to MLflow."""
-    torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
-    amp = resolve_amp(cfg["amp"], device)
-    stats = read_json(cfg["stats"])
-    data_dir, out = Path(cfg["data"]), Path(cfg["out"])
+    cfg = params.train
+    used = {"train": cfg.model_dump(), "model": params.model.model_dump(),
+            "augment": params.augment.model_dump()}
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    amp = resolve_amp(cfg.amp, device)
+    stats = read_json(cfg.stats)
+    data_dir, out = Path(cfg.data), Path(cfg.out)
     train, val = load_split(data_dir / "train.npz"), load_split(data_dir / "val.npz")
-    model = build_model(len(CLASS_NAMES), stem=model_cfg["stem"],
-                        pretrained=model_cfg["pretrained"], hidden=model_cfg["hidden"],
-                        dropout=model_cfg["dropout"]).to(device)
-    if cfg["channels_last"]:
+    model = build_model(params.model, len(CLASS_NAMES)).to(device)
+    if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ctx = StepContext(device, stats["mean"], stats["std"], amp, cfg["channels_last"])
-    precision = str(amp).removeprefix("torch.") if amp else "fp32"
+    ctx = StepContext(device, stats["mean"], stats["std"], amp, cfg.channels_last)
+    precision = precision_name(amp)
     if dist.is_main:
         print(f"device {device} x {dist.world_size} process(es), precision {precision}, "
               f"{len(train['labels'])} train / {len(val['labels'])} val images")
         out.mkdir(parents=True, exist_ok=True)
     resume = None
-    if cfg["resume"]:
+    if cfg.resume:
         resume = Resume(out / "resume.pt", fingerprint(
-            used, [data_dir / "train.npz", data_dir / "val.npz", cfg["stats"], *CODE],
+            used, [data_dir / "train.npz", data_dir / "val.npz", cfg.stats, *CODE],
             dist.world_size))
         resume.load()
     run_id = resume.state["extra"].get("run_id") if resume and resume.state else None
-    run_context = tracking.start_run(cfg["experiment"], used, {
+    run_context = tracking.start_run(cfg.experiment, used, {
         "device": str(device), "precision": precision, "torch_version": torch.__version__,
         "world_size": str(dist.world_size)}, run_id=run_id) if dist.is_main \
         else contextlib.nullcontext()
     with run_context as run:
         if dist.is_main:
-            tracking.write_run_ref(out / "mlflow_run.json", run, cfg["experiment"])
+            tracking.write_run_ref(out / "mlflow_run.json", run, cfg.experiment)
             if resume is not None:
                 resume.extra["run_id"] = run.info.run_id
 
@@ -103,7 +98,8 @@ def train_model(cfg: dict, model_cfg: dict, aug: AugmentConfig, used: dict, dist
         def on_epoch(row: dict) -> None:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
-        result = fit(model, train, val, cfg, aug, ctx, on_best, on_epoch, dist, resume)
+        result = fit(model, train, val, cfg, params.augment, ctx, on_best, on_epoch, dist,
+                     resume)
         wall = result.wall_seconds
         # The largest peak over the ranks (each holds its own copy of the arrays).
         peak = all_reduce(torch.tensor([peak_rss_mb()], dtype=torch.float64, device=device),
@@ -127,5 +123,6 @@ def train_model(cfg: dict, model_cfg: dict, aug: AugmentConfig, used: dict, dist
     print(f"best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}; "
           f"{wall / 60:.1f} min, peak memory {peak:.0f} MiB")
 
+
 if __name__ == "__main__":
-    main()
+    run_main(main)

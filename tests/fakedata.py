@@ -8,9 +8,13 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
 from ferpipe.data import CLASS_NAMES
+from ferpipe.params import Params, validate_params
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def face_like(label: int, rng: np.random.Generator, size: int = 48) -> np.ndarray:
@@ -70,3 +74,12 @@ def write_fer2013_csv(path: Path, rows: list[tuple[int | str, np.ndarray | str, 
             text = pixels if isinstance(pixels, str) else " ".join(map(str, pixels.ravel()))
             writer.writerow([emotion, text, usage])
     return path
+
+
+def default_params(**sections: dict) -> Params:
+    """The project's params.yaml, validated, with `section={"key": value}` updates applied first
+    (e.g. `default_params(augment={"erasing": 0.5}).augment`)."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in sections.items():
+        raw[section].update(values)
+    return validate_params(raw)

@@ -72,17 +72,45 @@ def test_bench_overrides_precision_and_stem(project):
 
 
 def test_predict_latency_figures(tmp_path):
-    from ferpipe.bench import main
+    from ferpipe.bench import run
     from ferpipe.data import CLASS_NAMES
     from ferpipe.model import build_model, save_checkpoint
+    from tests.fakedata import default_params
 
     checkpoint = tmp_path / "model.pt"
-    save_checkpoint(checkpoint, build_model(7, stem="standard"), class_names=list(CLASS_NAMES),
-                    mean=0.5, std=0.25, image_size=48, params={"model": {"stem": "standard"}})
+    arch = default_params(model={"stem": "standard"}).model
+    save_checkpoint(checkpoint, build_model(arch), class_names=list(CLASS_NAMES),
+                    mean=0.5, std=0.25, image_size=48, params={"model": arch.model_dump()})
     out = tmp_path / "latency.json"
-    result = main(["--predict", "--model", str(checkpoint), "--repeats", "3", "--json", str(out)])
+    result = run(["--predict", "--model", str(checkpoint), "--repeats", "3", "--json", str(out)])
     assert result["faces"] == 1 and result["photo"] == "640x480 JPEG" and result["repeats"] == 3
     parts = sum(result[f"{k}_ms_median"] for k in ("decode", "detect", "classify"))
     assert 0 < result["detect_ms_median"] < result["total_ms_median"]
     assert abs(parts - result["total_ms_median"]) <= 0.5 * result["total_ms_median"]
     assert json.loads(out.read_text()) == result
+
+
+def test_bench_builds_the_recipe_as_the_train_stage_does():
+    """Model, optimizer and loss (class weights included) come from the train stage's builders."""
+    import numpy as np
+    import torch
+
+    from ferpipe.bench import Setup
+    from tests.fakedata import default_params
+
+    params = default_params(model={"stem": "standard"},
+                            train={"class_weights": "inverse_frequency", "optimizer": "sgd",
+                                   "label_smoothing": 0.2, "device": "cpu"})
+    labels = np.array([0, 0, 0, 1, 2, 3, 4, 5, 6], dtype=np.int64)
+    s = Setup(params, labels, 0.5, 0.25)
+    assert isinstance(s.optimizer, torch.optim.SGD) and s.optimizer.defaults["nesterov"]
+    assert s.loss_fn.label_smoothing == 0.2
+    torch.testing.assert_close(s.loss_fn.weight[:2], torch.tensor([9 / 21, 9 / 7]))
+
+
+def test_console_entry_points_are_installed():
+    bindir = Path(sys.executable).parent
+    for command in ("ferpipe-bench", "ferpipe-predict"):
+        proc = subprocess.run([str(bindir / command), "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert f"usage: {command}" in proc.stdout

@@ -8,10 +8,18 @@ import zipfile
 import numpy as np
 import pytest
 
-from ferpipe.data import (CLASS_NAMES, DataError, load_split, pixel_stats, save_split,
-                          stratified_split)
-from ferpipe.raw import (RAW_ARCHIVE, canonical_class, decode_archive, fetch_raw,
-                         map_class_folders)
+from ferpipe.classes import canonical_class, map_class_folders
+from ferpipe.data import (
+    CLASS_NAMES,
+    RAW_ARCHIVE,
+    DataError,
+    load_split,
+    pixel_stats,
+    save_split,
+    stratified_split,
+)
+from ferpipe.decode import decode_archive
+from ferpipe.fetch import fetch_raw
 from tests.fakedata import make_image_folders, make_zip
 
 

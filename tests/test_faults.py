@@ -1,10 +1,10 @@
 """Faults a team meets: a killed training run, parallel queued experiments, sharing through a remote."""
 
 import json
-from pathlib import Path
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
 import pytest

@@ -4,13 +4,25 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from ferpipe.model import (PretrainedWeightsError, build_model, imagenet_cache_file,
-                           load_checkpoint, save_checkpoint)
+from ferpipe.errors import CheckpointError
+from ferpipe.model import (
+    PretrainedWeightsError,
+    build_model,
+    imagenet_cache_file,
+    load_checkpoint,
+    save_checkpoint,
+)
+from tests.fakedata import default_params
+
+
+def arch(**values):
+    """The project's model params with `values` changed."""
+    return default_params(model=values).model
 
 
 @pytest.mark.parametrize("stem,feature", [("standard", 12), ("3x3", 24), ("3x3_nopool", 48)])
 def test_output_shape_and_stem_resolution(stem, feature):
-    model = build_model(7, stem=stem).eval()
+    model = build_model(arch(stem=stem)).eval()
     x = torch.randn(3, 1, 48, 48)
     assert model(x).shape == (3, 7)
     stem_out = model.maxpool(model.relu(model.bn1(model.conv1(x))))
@@ -18,11 +30,9 @@ def test_output_shape_and_stem_resolution(stem, feature):
     assert model.conv1.in_channels == 1
 
 
-def test_head_with_hidden_layer_and_unknown_stem():
-    model = build_model(7, hidden=128, dropout=0.3)
+def test_head_with_hidden_layer():
+    model = build_model(arch(hidden=128, dropout=0.3))
     assert [m.out_features for m in model.fc if isinstance(m, torch.nn.Linear)] == [128, 7]
-    with pytest.raises(ValueError, match="model.stem"):
-        build_model(7, stem="5x5")
 
 
 def test_pretrained_offline_names_the_cache_file(tmp_path, monkeypatch):
@@ -32,7 +42,7 @@ def test_pretrained_offline_names_the_cache_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "urlopen", offline)
     with pytest.raises(PretrainedWeightsError) as err:
-        build_model(7, pretrained=True)
+        build_model(arch(pretrained=True))
     assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in str(err.value)
 
 
@@ -42,7 +52,7 @@ def test_pretrained_from_cache_sums_rgb_filters(tmp_path, monkeypatch):
     cache = imagenet_cache_file()
     cache.parent.mkdir(parents=True)
     torch.save(reference.state_dict(), cache)
-    model = build_model(7, stem="standard", pretrained=True)
+    model = build_model(arch(stem="standard", pretrained=True))
     torch.testing.assert_close(model.conv1.weight, reference.conv1.weight.sum(1, keepdim=True))
     torch.testing.assert_close(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
     gray = torch.rand(1, 1, 48, 48)
@@ -51,8 +61,8 @@ def test_pretrained_from_cache_sums_rgb_filters(tmp_path, monkeypatch):
 
 
 def test_checkpoint_round_trip(tmp_path):
-    model = build_model(7, stem="3x3", hidden=16).eval()
-    params = {"model": {"stem": "3x3", "pretrained": False, "hidden": 16, "dropout": 0.0}}
+    model = build_model(arch(stem="3x3", hidden=16)).eval()
+    params = {"model": arch(stem="3x3", hidden=16).model_dump()}
     save_checkpoint(tmp_path / "m.pt", model, class_names=list("abcdefg"), mean=0.5, std=0.25,
                     image_size=48, params=params, extra={"epoch": 3})
     loaded, ckpt = load_checkpoint(tmp_path / "m.pt")
@@ -60,5 +70,5 @@ def test_checkpoint_round_trip(tmp_path):
     torch.testing.assert_close(loaded(x), model(x))
     assert ckpt["class_names"] == list("abcdefg") and ckpt["epoch"] == 3
     assert ckpt["mean"] == 0.5 and ckpt["image_size"] == 48
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    with pytest.raises(CheckpointError, match="missing.pt: checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")

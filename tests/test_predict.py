@@ -12,10 +12,11 @@ from PIL import Image
 from skimage import data as skdata
 
 from ferpipe.data import CLASS_NAMES
-from ferpipe.inference import Classifier, predict_proba, tta_views
+from ferpipe.device import StepContext
+from ferpipe.inference import Classifier, predict_log_proba, tta_views
 from ferpipe.model import build_model, save_checkpoint
 from ferpipe.predict import FaceDetector, Predictor, crop_face, main
-from tests.fakedata import face_like
+from tests.fakedata import default_params, face_like
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The astronaut's face in skimage.data.astronaut() (512 x 512), as OpenCV's default cascade
@@ -27,8 +28,9 @@ ASTRONAUT_FACE = (177, 66, 95, 95)
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, build_model(7, stem="standard"), class_names=list(CLASS_NAMES),
-                    mean=0.5, std=0.25, image_size=48, params={"model": {"stem": "standard"}})
+    arch = default_params(model={"stem": "standard"}).model
+    save_checkpoint(path, build_model(arch), class_names=list(CLASS_NAMES),
+                    mean=0.5, std=0.25, image_size=48, params={"model": arch.model_dump()})
     return path
 
 
@@ -58,24 +60,27 @@ def test_tta_views():
         torch.testing.assert_close(view, x)
     for view in full[5:]:
         torch.testing.assert_close(view, x.flip(-1))
-    with pytest.raises(ValueError, match="tta: 'vflip' is not one of"):
+    with pytest.raises(ValueError, match="unknown TTA mode 'vflip'"):
         list(tta_views(x, "vflip"))
     with pytest.raises(ValueError, match="does not fit a 48x48 image"):
         list(tta_views(x, "ten_crop", crop=50))
 
 
-def test_predict_proba_averages_the_softmax_of_the_views(checkpoint):
+def test_predict_log_proba_averages_the_softmax_of_the_views(checkpoint):
     clf = Classifier.from_checkpoint(checkpoint)
     images = np.stack([face_like(c, np.random.default_rng(c)) for c in range(5)])
     x = (torch.from_numpy(images).float().unsqueeze(1) / 255 - 0.5) / 0.25
     with torch.no_grad():
         plain = torch.softmax(clf.model(x), 1)
         mirror = torch.softmax(clf.model(x.flip(-1)), 1)
-    torch.testing.assert_close(predict_proba(clf.model, images, 0.5, 0.25), plain)
-    torch.testing.assert_close(predict_proba(clf.model, images, 0.5, 0.25, "hflip", batch_size=2),
-                               (plain + mirror) / 2)
-    ten = predict_proba(clf.model, images, 0.5, 0.25, "ten_crop")
+    ctx = StepContext(torch.device("cpu"), 0.5, 0.25)
+    torch.testing.assert_close(predict_log_proba(clf.model, images, ctx).exp(), plain)
+    torch.testing.assert_close(
+        predict_log_proba(clf.model, images, ctx, "hflip", batch_size=2).exp(), (plain + mirror) / 2)
+    ten = predict_log_proba(clf.model, images, ctx, "ten_crop").exp()
     torch.testing.assert_close(ten.sum(1), torch.ones(5))
+    np.testing.assert_allclose(clf.predict(images, "hflip"), ((plain + mirror) / 2).numpy(),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_crop_face_takes_a_square_with_margin_and_pads_at_the_border():

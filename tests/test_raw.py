@@ -1,5 +1,5 @@
-"""ferpipe.raw on generated data: source layouts, fer2013.csv, unsafe sources and caps, bad and odd
-images, downloads and sha256."""
+"""ferpipe.fetch, ferpipe.sources and ferpipe.decode on generated data: source layouts,
+fer2013.csv, unsafe sources and caps, bad and odd images, downloads and sha256."""
 
 import gzip
 import hashlib
@@ -24,13 +24,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from ferpipe.data import CLASS_NAMES, DataError
-from ferpipe.raw import RAW_ARCHIVE, BadImage, decode_archive, decode_image, fetch_raw
+from ferpipe.data import CLASS_NAMES, RAW_ARCHIVE, DataError
+from ferpipe.decode import BadImage, decode_archive, decode_image
+from ferpipe.fetch import fetch_raw
 from tests.fakedata import face_like, make_image_folders, make_tar, make_zip, write_fer2013_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: fer2013.csv's emotion indices, written out here independently of ferpipe.raw.
+#: fer2013.csv's emotion indices, written out here independently of ferpipe.sources.
 CSV_EMOTIONS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 
 

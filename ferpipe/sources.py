@@ -1,59 +1,35 @@
-"""The raw FER2013 dataset: fetching it, checking its layout, decoding its images.
+"""Reading a FER2013 source safely and writing it as `data/raw/images.zip`.
 
-Data flows one way: source (Kaggle zip, tar, folder, or the challenge's `fer2013.csv`) ->
-`data/raw/images.zip` -> decoded uint8 arrays, which `ferpipe.data` saves as
-`data/prepared/<split>.npz`.
-
-`data/raw/images.zip` is the source normalized to `<split>/<class>/<file>` members (canonical split
-and class names, sorted, uncompressed, fixed timestamps: the same source gives the same bytes). One
-file instead of FER2013's 35,887 small ones keeps the download stage and DVC's hashing, caching and
-removing of its output fast; the JPEG bytes are copied as they are (the CSV's rows become lossless
-PNGs) and decoded once, by prepare. Every file in a class folder is copied, images or not (only OS
-junk such as `.DS_Store` is skipped): files that do not decode are reported and skipped by
-`decode_archive`, not at download time. Sources are untrusted: links, device files, paths leaving
-the archive and archives that unpack too large or into too many members are refused before
-anything is read. Only the download and prepare stages import this module, so changing how data is
-fetched does not invalidate a trained model.
+A source is a zip, a tar (.tar, .tar.gz ...), a folder, or the challenge's `fer2013.csv` (bare or
+inside one of those). `data/raw/images.zip` is the source normalized to `<split>/<class>/<file>`
+members (canonical split and class names, sorted, uncompressed, fixed timestamps: the same source
+gives the same bytes). One file instead of FER2013's 35,887 small ones keeps the download stage
+and DVC's hashing, caching and removing of its output fast; the JPEG bytes are copied as they are
+(the CSV's rows become lossless PNGs) and decoded once, by prepare (`ferpipe.decode`). Every file
+in a class folder is copied, images or not (only OS junk such as `.DS_Store` is skipped): files
+that do not decode are reported by prepare, not here. Sources are untrusted: links, device files,
+paths leaving the archive and archives that unpack too large or into too many members are refused
+before anything is read.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import http.client
-import os
 import re
-import shutil
 import stat
 import tarfile
-import tempfile
-import urllib.request
-import warnings
 import zipfile
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable
 from io import BytesIO, TextIOWrapper
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
+from PIL import Image
 
-from ferpipe.data import CLASS_NAMES, IMAGE_SIZE, DataError
-
-#: Class-folder spellings seen in FER2013 copies, lower-cased, mapped to the canonical names.
-CLASS_ALIASES: dict[str, str] = {
-    **{name: name for name in CLASS_NAMES},
-    "anger": "angry", "disgusted": "disgust", "fearful": "fear", "afraid": "fear",
-    "happiness": "happy", "neutrality": "neutral", "sadness": "sad", "surprised": "surprise",
-}
-
-#: Split-folder spellings mapped to the normalized split names.
-SPLIT_ALIASES: dict[str, str] = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val",
-    "test": "test", "testing": "test",
-}
+from ferpipe.classes import SPLIT_ALIASES, map_class_folders
+from ferpipe.data import CLASS_NAMES
+from ferpipe.errors import DataError
 
 #: File and folder names (lower-cased) of OS junk that is skipped; so is every name starting with
 #: a dot (`.DS_Store`, macOS `._*` files).
@@ -73,8 +49,6 @@ CSV_SIDE = 48
 MAX_UNPACKED_BYTES = 2048 * 2**20
 MAX_MEMBERS = 200_000
 
-#: The download stage's output file inside `download.out`.
-RAW_ARCHIVE = "images.zip"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 #: What a file-type mode other than a regular file or a folder is, for error messages.
@@ -84,123 +58,6 @@ _SPECIAL_KINDS = {stat.S_IFLNK: "a symlink", stat.S_IFCHR: "a character device",
 _TAR_KINDS = {tarfile.SYMTYPE: "a symlink", tarfile.LNKTYPE: "a hardlink",
               tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
               tarfile.FIFOTYPE: "a FIFO"}
-
-#: Pillow modes holding 16-bit samples (mode `I`, 32-bit, is how older Pillows open 16-bit PNGs).
-_WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
-
-# --------------------------------------------------------------------------- class names
-
-
-def canonical_class(folder_name: str) -> str | None:
-    """Map a class-folder name (`Angry`, `happiness`, `3_sad` ...) to a canonical class, or None."""
-    key = re.sub(r"[^a-z]", "", folder_name.lower())
-    return CLASS_ALIASES.get(key)
-
-
-def map_class_folders(names: list[str], where: str) -> dict[str, str]:
-    """Map every folder name in `names` to a canonical class.
-
-    Raises:
-        DataError: a folder name is not a known spelling, or two folders map to one class; the
-            message lists what was found and the 7 expected classes.
-    """
-    mapping: dict[str, str] = {}
-    unknown = [name for name in names if canonical_class(name) is None]
-    if unknown:
-        raise DataError(
-            f"{where}: unknown class folder(s) {sorted(unknown)}; found {sorted(names)}, "
-            f"expected the 7 FER2013 classes {list(CLASS_NAMES)} (or spellings such as "
-            f"'Angry', 'happiness', 'sadness')")
-    for name in names:
-        cls = canonical_class(name)
-        if cls in mapping.values():
-            raise DataError(f"{where}: two folders map to class '{cls}': {sorted(names)}")
-        mapping[name] = cls
-    return mapping
-
-
-# --------------------------------------------------------------------------- download
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify_sha256(path: Path, expected: str | None, if_wrong: str) -> None:
-    """Check `path` against an expected hex sha256 (skipped when `expected` is empty).
-
-    Args:
-        if_wrong: appended to the error message: what happened to the file, what to do.
-
-    Raises:
-        DataError: the hashes differ; the message shows both, then `if_wrong`.
-    """
-    if not expected:
-        return
-    actual = sha256_of(path)
-    if actual.lower() != expected.lower():
-        raise DataError(f"{path}: sha256 mismatch: expected {expected}, got {actual}; {if_wrong}")
-
-
-def http_download(url: str, dest: Path, sha256: str | None = None) -> Path:
-    """Stream `url` to `dest.part` with a progress bar, check it, then rename it to `dest`.
-
-    The sha256 (when given) is checked on the `.part` file before the rename; on a mismatch the
-    `.part` file is removed. A download that stops half-way (an error, or fewer bytes than the
-    server's Content-Length) leaves only `dest.part`, never a truncated `dest`.
-
-    Raises:
-        DataError: the request failed (offline, HTTP error) or stopped early, naming the URL; or
-            the sha256 does not match, showing both hashes.
-    """
-    part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    received, total = 0, None
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    out.write(block)
-                    received += len(block)
-                    bar.update(len(block))
-    except (OSError, http.client.HTTPException) as err:
-        raise DataError(f"could not download {url}: {err}") from err
-    if total is not None and received < total:
-        # http.client ends a body cut short by the server without an error: compare the sizes.
-        raise DataError(f"could not download {url}: the connection closed after {received} of "
-                        f"{total} bytes; the partial file is {part}")
-    try:
-        verify_sha256(part, sha256, "the download was removed")
-    except DataError:
-        part.unlink()
-        raise
-    part.replace(dest)
-    return dest
-
-
-def kaggle_download(handle: str) -> Path:
-    """Download a Kaggle dataset through kagglehub and return its unpacked folder.
-
-    Raises:
-        DataError: kagglehub is missing or the download failed (offline, unknown handle).
-    """
-    try:
-        import kagglehub
-    except ImportError as err:
-        raise DataError("the kaggle: source needs kagglehub (pip install kagglehub)") from err
-    try:
-        return Path(kagglehub.dataset_download(handle))
-    except Exception as err:  # kagglehub raises many types (HTTP, connection, auth)
-        raise DataError(f"could not download kaggle:{handle}: {err}") from err
-
-
-# --------------------------------------------------------------------------- reading sources
 
 
 class Listing(NamedTuple):
@@ -549,205 +406,3 @@ def write_raw_archive(source: Path, dest: Path, max_unpacked_bytes: int = MAX_UN
         raise
     tmp.replace(dest)
     return counts
-
-
-def fetch_raw(source: str, local_archive: Path, dest: Path, sha256: str | None = None,
-              max_unpacked_bytes: int = MAX_UNPACKED_BYTES, max_members: int = MAX_MEMBERS
-              ) -> dict[str, dict[str, int]]:
-    """Fetch FER2013 and write it to `dest/images.zip` in the normalized layout.
-
-    `local_archive` is looked at first (as torchvision datasets check their root before
-    downloading): if it exists it is used and the network is not touched. Otherwise `source` is
-    `kaggle:<owner>/<dataset>` (through kagglehub), an `http(s)://` URL (saved to
-    `local_archive`), or a local archive (zip, tar, tar.gz), `fer2013.csv` or folder. `dest` is
-    replaced only after the new archive is complete; the source is never modified, and a local
-    file whose sha256 does not match is not deleted.
-
-    Args:
-        sha256: expected hex sha256 of the archive (None: not checked; folders are not checked).
-        max_unpacked_bytes, max_members: caps on the archive or folder (see `list_files`).
-
-    Returns:
-        File counts per split and class.
-
-    Raises:
-        DataError: the download failed (with where to put the archive to work offline), the
-            sha256 does not match (both shown), a cap is exceeded, a member is unsafe, or the
-            layout is not FER2013's.
-    """
-    expected = sha256
-    if local_archive.exists():
-        print(f"using local copy {local_archive}")
-        path = local_archive
-    elif source.startswith("kaggle:"):
-        try:
-            path = kaggle_download(source.removeprefix("kaggle:"))
-        except DataError as err:
-            raise DataError(f"{err}\nTo work offline, put the FER2013 archive (the Kaggle zip) "
-                            f"at {local_archive} and run again.") from err
-    elif source.startswith(("http://", "https://")):
-        try:
-            path = http_download(source, local_archive, sha256)
-        except DataError as err:
-            raise DataError(f"{err}\nTo work offline, put the archive at {local_archive} "
-                            f"and run again.") from err
-        expected = None  # http_download checked it before the rename
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise DataError(f"download.source: {path} does not exist (expected kaggle:<owner>/"
-                            f"<dataset>, an http(s) URL, or a local archive, {CSV_NAME} or "
-                            f"folder)")
-    if path.is_file():
-        verify_sha256(path, expected, "the file was not deleted: replace it with a good copy, "
-                                      "or correct download.sha256")
-    elif expected:
-        print(f"note: {path} is a folder; download.sha256 applies to archives and is skipped")
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
-        counts = write_raw_archive(path, Path(tmp) / "raw" / RAW_ARCHIVE, max_unpacked_bytes,
-                                   max_members)
-        if dest.exists():
-            shutil.rmtree(dest)
-        (Path(tmp) / "raw").replace(dest)
-    return counts
-
-
-# --------------------------------------------------------------------------- prepare
-
-
-class BadImage(DataError):
-    """An image file that cannot be decoded; its message is a short reason ("truncated" ...)."""
-
-
-def _to_gray(img: Image.Image) -> Image.Image:
-    """Mode L of any image: 16-bit samples scaled (value / 257, rounded), others by Pillow."""
-    if img.mode in _WIDE_MODES:
-        wide = np.asarray(img, dtype=np.int64)
-        return Image.fromarray(np.clip((wide + 128) // 257, 0, 255).astype(np.uint8))
-    return img.convert("L")
-
-
-def decode_image(data: bytes, size: int = IMAGE_SIZE) -> tuple[np.ndarray, bool]:
-    """Decode one encoded image (JPEG, PNG ...) to grayscale `size` x `size` pixels.
-
-    Color and palette images become luma (ITU-R 601-2, Pillow's `convert("L")`), alpha and
-    transparency are dropped (as torchvision's image loader does), 16-bit samples (modes I;16,
-    I) are scaled to 8 bits (value / 257, rounded; mode I is clipped to 0..65535 first), and other
-    sizes are resized (bilinear). Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`)
-    applies, its warning level included.
-
-    Returns:
-        (uint8 array of shape (size, size), whether it had to be converted or resized).
-
-    Raises:
-        BadImage: the data cannot be decoded; its message is the reason: "empty file", "cannot
-            identify image file", "truncated", "decompression bomb" or "corrupt: <detail>".
-    """
-    if not data:
-        raise BadImage("empty file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(BytesIO(data)) as img:
-                converted = img.mode != "L" or img.size != (size, size)
-                img = _to_gray(img)
-                if img.size != (size, size):
-                    img = img.resize((size, size), Image.BILINEAR)
-                return np.asarray(img, dtype=np.uint8), converted
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-        raise BadImage("decompression bomb") from err
-    except UnidentifiedImageError as err:
-        raise BadImage("cannot identify image file") from err
-    except Exception as err:  # Pillow reports corrupt data as OSError, SyntaxError, ValueError ...
-        raise BadImage("truncated" if "truncated" in str(err).lower() else f"corrupt: {err}"
-                       ) from err
-
-
-def _decode_members(archive: str, names: list[str], size: int
-                    ) -> tuple[np.ndarray, int, list[tuple[int, str]]]:
-    """Decode `names` from the zip `archive` (run in a worker process).
-
-    Returns:
-        (uint8 (n_good, size, size) pixels of the decodable ones in order, how many of them were
-        converted, [(index in `names`, reason)] of the others).
-    """
-    pixels, converted, bad = [], 0, []
-    with zipfile.ZipFile(archive) as zf:
-        for i, name in enumerate(names):
-            try:
-                image, was_converted = decode_image(zf.read(name), size)
-            except BadImage as err:
-                bad.append((i, str(err)))
-                continue
-            pixels.append(image)
-            converted += was_converted
-    return (np.stack(pixels) if pixels else np.empty((0, size, size), np.uint8), converted, bad)
-
-
-def decode_archive(archive: Path, size: int = IMAGE_SIZE, workers: int | None = None
-                   ) -> dict[str, tuple[dict[str, np.ndarray], dict]]:
-    """Decode every image of `data/raw/images.zip`, split by split, in a stable order.
-
-    Images are ordered by class (CLASS_NAMES order), then file name, and decoded by `workers`
-    processes (default: one per CPU core). Files that do not decode (see `decode_image`) are
-    left out and listed; no threshold is applied here.
-
-    Returns:
-        {split: (arrays, info)}. arrays: `images` uint8 (N, size, size), `labels` int64 (N,)
-        indexing CLASS_NAMES, `files` str (N,) as `<class>/<file name>`, for the N decodable
-        files. info: `converted`, how many of them were converted to grayscale or resized;
-        `bad`, [(`<class>/<file name>`, reason)] of the files left out, in the same order.
-
-    Raises:
-        DataError: the archive is missing or unreadable, a member is not `<split>/<class>/<file>`
-            with a canonical class, or train or test has no decodable image.
-    """
-    if not archive.is_file():
-        raise DataError(f"{archive}: not found (run the download stage)")
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            names = [n for n in zf.namelist() if not n.endswith("/")]
-    except (zipfile.BadZipFile, OSError) as err:
-        raise DataError(f"{archive}: cannot read: {err}") from err
-    order = {cls: i for i, cls in enumerate(CLASS_NAMES)}
-    members: dict[str, list[tuple[int, str, str]]] = {}
-    for name in names:
-        parts = name.split("/", 2)
-        if len(parts) != 3 or parts[1] not in order:
-            raise DataError(f"{archive}: unexpected member '{name}'; expected <split>/<class>/"
-                            f"<file> with a class in {list(CLASS_NAMES)}")
-        split, cls, file = parts
-        members.setdefault(split, []).append((order[cls], file, name))
-    workers = workers or os.cpu_count() or 1
-    out = {}
-    with ProcessPoolExecutor(workers) as pool:
-        for split, items in sorted(members.items()):
-            items.sort()
-            chunks = [items[i::workers] for i in range(workers)]
-            results = list(pool.map(_decode_members, [str(archive)] * workers,
-                                    [[n for _, _, n in chunk] for chunk in chunks],
-                                    [size] * workers))
-            images = np.empty((len(items), size, size), np.uint8)
-            good = np.ones(len(items), bool)
-            bad = []
-            for w, (pixels, _, failed) in enumerate(results):
-                positions = np.arange(w, len(items), workers)
-                for i, reason in failed:
-                    good[positions[i]] = False
-                    bad.append((positions[i], reason))
-                images[positions[good[positions]]] = pixels
-            labels = np.asarray([label for label, _, _ in items], np.int64)
-            files = [f"{CLASS_NAMES[label]}/{file}" for label, file, _ in items]
-            out[split] = ({"images": images[good], "labels": labels[good],
-                           "files": np.asarray([f for f, ok in zip(files, good) if ok], str)},
-                          {"converted": sum(converted for _, converted, _ in results),
-                           "bad": [(files[p], reason) for p, reason in sorted(bad)]})
-    for required in ("train", "test"):
-        if required not in out or not len(out[required][0]["labels"]):
-            undecodable = len(out[required][1]["bad"]) if required in out else 0
-            raise DataError(f"{archive}: no images in split '{required}'"
-                            + (f" ({undecodable} files could not be decoded)"
-                               if undecodable else ""))
-    return out
