@@ -36,13 +36,33 @@ def stratified_split(arrays: dict[str, np.ndarray], fraction: float, seed: int
                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Split arrays into (train, val) with `fraction` of each class in val, seeded.
 
-    Uses scikit-learn's `train_test_split(stratify=labels)`.
+    Uses scikit-learn's `train_test_split(stratify=labels)`, which puts ceil(fraction * N)
+    images in val.
+
+    Raises:
+        DataError: naming `prepare.val_fraction`: a class has fewer than 2 images, or val or
+            train would get fewer images than there are classes.
     """
     from sklearn.model_selection import train_test_split  # only the prepare stage needs it
 
-    index = np.arange(len(arrays["labels"]))
-    train_idx, val_idx = train_test_split(index, test_size=fraction, random_state=seed,
-                                          stratify=arrays["labels"])
+    labels = arrays["labels"]
+    counts = np.bincount(labels, minlength=len(CLASS_NAMES))
+    classes = int((counts > 0).sum())
+    for cls, count in zip(CLASS_NAMES, counts):
+        if count == 1:
+            raise DataError(f"prepare.val_fraction: class '{cls}' has 1 training image; a "
+                            f"stratified val split needs at least 2 of each class")
+    n_val = int(np.ceil(fraction * len(labels)))
+    if n_val < classes or len(labels) - n_val < classes:
+        raise DataError(f"prepare.val_fraction: {fraction} of {len(labels)} training images "
+                        f"leaves {n_val} for val and {len(labels) - n_val} for train; each needs "
+                        f"at least one image of each of the {classes} classes")
+    index = np.arange(len(labels))
+    try:
+        train_idx, val_idx = train_test_split(index, test_size=fraction, random_state=seed,
+                                              stratify=labels)
+    except ValueError as err:
+        raise DataError(f"prepare.val_fraction: {fraction}: {err}") from None
     train_idx.sort()
     val_idx.sort()
     return ({k: v[train_idx] for k, v in arrays.items()},

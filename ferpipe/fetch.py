@@ -4,17 +4,17 @@ checks; then `fetch_raw`, the download stage's whole job, which normalizes it in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
-import shutil
-import tempfile
 import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
 
 from ferpipe.data import RAW_ARCHIVE
-from ferpipe.errors import DataError
+from ferpipe.errors import DataError, OutputError
+from ferpipe.outputs import Outputs, output_conflicts, stage_outputs
 from ferpipe.sources import CSV_NAME, MAX_MEMBERS, MAX_UNPACKED_BYTES, write_raw_archive
 
 
@@ -96,30 +96,60 @@ def kaggle_download(handle: str) -> Path:
         raise DataError(f"could not download kaggle:{handle}: {err}") from err
 
 
+def local_path(source: str) -> Path | None:
+    """The local file or folder `download.source` names, or None for `kaggle:` and URLs."""
+    if source.startswith(("kaggle:", "http://", "https://")):
+        return None
+    return Path(source)
+
+
 def fetch_raw(source: str, local_archive: Path, dest: Path, sha256: str | None = None,
-              max_unpacked_bytes: int = MAX_UNPACKED_BYTES, max_members: int = MAX_MEMBERS
-              ) -> dict[str, dict[str, int]]:
+              max_unpacked_bytes: int = MAX_UNPACKED_BYTES, max_members: int = MAX_MEMBERS,
+              outputs: Outputs | None = None) -> dict[str, dict[str, int]]:
     """Fetch FER2013 and write it to `dest/images.zip` in the normalized layout.
 
     `local_archive` is looked at first (as torchvision datasets check their root before
     downloading): if it exists it is used and the network is not touched. Otherwise `source` is
     `kaggle:<owner>/<dataset>` (through kagglehub), an `http(s)://` URL (saved to
-    `local_archive`), or a local archive (zip, tar, tar.gz), `fer2013.csv` or folder. `dest` is
-    replaced only after the new archive is complete; the source is never modified, and a local
-    file whose sha256 does not match is not deleted.
+    `local_archive`), or a local archive (zip, tar, tar.gz), `fer2013.csv` or folder. The source
+    is never modified, and a local file whose sha256 does not match is not deleted.
+
+    `dest` is written as a folder output of the download stage (see `ferpipe.outputs`): before
+    anything is fetched it is checked to be missing, empty or the stage's own earlier output,
+    and that it neither holds nor lies inside the source or the local archive; the new folder
+    replaces it only when complete.
 
     Args:
         sha256: expected hex sha256 of the archive (None: not checked; folders are not checked).
         max_unpacked_bytes, max_members: caps on the archive or folder (see `list_files`).
+        outputs: the stage's outputs, to swap `dest` in together with the others (None: `dest`
+            is swapped in on return).
 
     Returns:
         File counts per split and class.
 
     Raises:
+        OutputError: `dest` holds files that are not this stage's, or overlaps the source or
+            the local archive.
         DataError: the download failed (with where to put the archive to work offline), the
             sha256 does not match (both shown), a cap is exceeded, a member is unsafe, or the
             layout is not FER2013's.
     """
+    inputs = [("download.local_archive", str(local_archive))]
+    if local_path(source) is not None:
+        inputs.append(("download.source", source))
+    problems = output_conflicts([("download.out", str(dest), True)], inputs)
+    if problems:
+        raise OutputError("\n".join(problems))
+    with contextlib.nullcontext(outputs) if outputs else stage_outputs() as outs:
+        folder = outs.folder(dest, "download", {RAW_ARCHIVE})
+        path = _source_path(source, local_archive, sha256)
+        return write_raw_archive(path, folder / RAW_ARCHIVE, max_unpacked_bytes, max_members)
+
+
+def _source_path(source: str, local_archive: Path, sha256: str | None) -> Path:
+    """The local archive, file or folder to read: `local_archive` if it exists, else `source`
+    (downloaded first when it is Kaggle or a URL), its sha256 checked."""
     expected = sha256
     if local_archive.exists():
         print(f"using local copy {local_archive}")
@@ -128,14 +158,14 @@ def fetch_raw(source: str, local_archive: Path, dest: Path, sha256: str | None =
         try:
             path = kaggle_download(source.removeprefix("kaggle:"))
         except DataError as err:
-            raise DataError(f"{err}\nTo work offline, put the FER2013 archive (the Kaggle zip) "
-                            f"at {local_archive} and run again.") from err
+            raise DataError(f"{err}; to work offline, put the FER2013 archive (the Kaggle zip) "
+                            f"at {local_archive} and run again") from err
     elif source.startswith(("http://", "https://")):
         try:
             path = http_download(source, local_archive, sha256)
         except DataError as err:
-            raise DataError(f"{err}\nTo work offline, put the archive at {local_archive} "
-                            f"and run again.") from err
+            raise DataError(f"{err}; to work offline, put the archive at {local_archive} "
+                            f"and run again") from err
         expected = None  # http_download checked it before the rename
     else:
         path = Path(source)
@@ -148,12 +178,4 @@ def fetch_raw(source: str, local_archive: Path, dest: Path, sha256: str | None =
                                       "or correct download.sha256")
     elif expected:
         print(f"note: {path} is a folder; download.sha256 applies to archives and is skipped")
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
-        counts = write_raw_archive(path, Path(tmp) / "raw" / RAW_ARCHIVE, max_unpacked_bytes,
-                                   max_members)
-        if dest.exists():
-            shutil.rmtree(dest)
-        (Path(tmp) / "raw").replace(dest)
-    return counts
+    return path

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 
 from ferpipe.errors import ParamsError, shorten
+from ferpipe.outputs import output_conflicts
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -215,10 +216,46 @@ def validate_params(raw: Any, path: str | Path = DEFAULT_PARAMS) -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as err:
         raise ParamsError("\n".join(f"{path}: {_describe(e, Params)}" for e in err.errors())
                           ) from None
+    problems = output_conflicts(*stage_outputs_of(params))
+    if params.evaluate.tta_crop > params.prepare.image_size:
+        problems.append(f"evaluate.tta_crop: got {params.evaluate.tta_crop}; expected at most "
+                        f"prepare.image_size = {params.prepare.image_size} pixels")
+    if problems:
+        raise ParamsError("\n".join(f"{path}: {line}" for line in problems))
+    return params
+
+
+#: Outputs whose paths are fixed (not params), by stage.
+FIXED_OUTPUTS = {
+    "download": ["metrics/raw.json"],
+    "prepare": ["metrics/data.json", "metrics/quality.json", "metrics/bad_files.csv"],
+    "train": ["metrics/train.json", "metrics/history.csv", "metrics/lr.csv"],
+    "evaluate": ["metrics/eval.json", "metrics/classification_report.txt",
+                 "metrics/confusion.csv", "metrics/astronaut.png"],
+}
+
+
+def stage_outputs_of(params: Params) -> tuple[list[tuple[str, str, bool]], list[tuple[str, str]]]:
+    """(every stage output as (key, path, is a folder), the user's inputs no output may touch
+    as (key, path)), for `ferpipe.outputs.output_conflicts`."""
+    train_out = Path(params.train.out)
+    outputs = [("download.out", params.download.out, True),
+               ("prepare.out", params.prepare.out, True),
+               ("stats.out", params.stats.out, False),
+               *((f"train.out ({name})", str(train_out / name), False)
+                 for name in ("model.pt", "mlflow_run.json", "resume.pt")),
+               ("plot.out", params.plot.out, True),
+               ("plot.grid", params.plot.grid, False),
+               *((f"{stage} stage ({path})", path, False)
+                 for stage, paths in FIXED_OUTPUTS.items() for path in paths)]
+    inputs = [("download.local_archive", params.download.local_archive)]
+    if not params.download.source.startswith(("kaggle:", "http://", "https://")):
+        inputs.append(("download.source", params.download.source))
+    return outputs, inputs
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -17,7 +17,7 @@ from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")  # the name may be a temp name without .png
     plt.close(fig)
     return path
 

@@ -231,7 +231,7 @@ def expand(paths: list[str]) -> Iterator[Path]:
 
 
 def annotate(rgb: np.ndarray, predictions: list[Prediction], dest: Path) -> None:
-    """Write `rgb` (uint8 (H, W, 3)) with each prediction's box and label drawn, to `dest`."""
+    """Write `rgb` (uint8 (H, W, 3)) with each prediction's box and label drawn, to `dest` (PNG)."""
     cv2 = _cv2()
     canvas = np.ascontiguousarray(rgb.copy())
     thick = max(1, round(max(canvas.shape[:2]) / 300))
@@ -247,7 +247,7 @@ def annotate(rgb: np.ndarray, predictions: list[Prediction], dest: Path) -> None
         cv2.putText(canvas, label, (x, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick,
                     cv2.LINE_AA)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(dest)
+    Image.fromarray(canvas).save(dest, format="PNG")
 
 
 def table_line(p: Prediction, names: list[str]) -> str:

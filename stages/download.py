@@ -5,18 +5,20 @@ from pathlib import Path
 from ferpipe.data import write_json
 from ferpipe.errors import run_main
 from ferpipe.fetch import fetch_raw
+from ferpipe.outputs import stage_outputs
 from ferpipe.params import load_params, stage_args
 
 
 def main() -> None:
     cfg = load_params(stage_args(__doc__).params).download
-    counts = fetch_raw(cfg.source, Path(cfg.local_archive), Path(cfg.out), sha256=cfg.sha256,
-                       max_unpacked_bytes=int(cfg.max_unpacked_mb * 2**20),
-                       max_members=cfg.max_members)
-    for split, per_class in counts.items():
-        print(f"{split}: {sum(per_class.values())} files {per_class}")
-    write_json({split: {"images": sum(c.values()), **c} for split, c in counts.items()},
-               "metrics/raw.json")
+    with stage_outputs() as outs:
+        counts = fetch_raw(cfg.source, Path(cfg.local_archive), Path(cfg.out), sha256=cfg.sha256,
+                           max_unpacked_bytes=int(cfg.max_unpacked_mb * 2**20),
+                           max_members=cfg.max_members, outputs=outs)
+        for split, per_class in counts.items():
+            print(f"{split}: {sum(per_class.values())} files {per_class}")
+        write_json({split: {"images": sum(c.values()), **c} for split, c in counts.items()},
+                   outs.file("metrics/raw.json"))
 
 
 if __name__ == "__main__":

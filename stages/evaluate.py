@@ -6,7 +6,6 @@ The photo is scikit-image's public-domain NASA portrait (`skimage.data.astronaut
 the predict command's face detection and drawn with its prediction to metrics/astronaut.png."""
 
 import csv
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -20,6 +19,7 @@ from ferpipe.device import StepContext, resolve_device
 from ferpipe.errors import run_main
 from ferpipe.inference import Classifier, predict_log_proba
 from ferpipe.metrics import classification_metrics, report_text
+from ferpipe.outputs import stage_outputs
 from ferpipe.params import flatten, load_params, stage_args
 from ferpipe.predict import Predictor, annotate
 
@@ -56,18 +56,19 @@ def main() -> None:
     print(f"accuracy {metrics['accuracy']:.4f} with TTA {cfg.tta}, {plain['accuracy']:.4f} "
           f"without ({metrics['tta_gain']:+.4f})")
 
-    write_json(metrics, "metrics/eval.json")
-    Path("metrics/classification_report.txt").write_text(report)
-    with open("metrics/confusion.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["actual", "predicted"])
-        writer.writerows((names[a], names[p]) for a, p in zip(test["labels"], pred))
     photo = skdata.astronaut()
     model.cpu()  # the predict command's path, as a user runs it
     faces = Predictor(classifier).predict_image(
         np.asarray(Image.fromarray(photo).convert("L")), "astronaut")
-    annotate(photo, faces, Path("metrics/astronaut.png"))
     print("astronaut: " + ", ".join(f"{f.expression} {f.probability:.2f}" for f in faces))
+    with stage_outputs() as outs:
+        write_json(metrics, outs.file("metrics/eval.json"))
+        outs.file("metrics/classification_report.txt").write_text(report)
+        with open(outs.file("metrics/confusion.csv"), "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["actual", "predicted"])
+            writer.writerows((names[a], names[p]) for a, p in zip(test["labels"], pred))
+        annotate(photo, faces, outs.file("metrics/astronaut.png"))
 
     with tracking.resume_run(cfg.run) as run:
         mlflow.log_metrics({f"test_{k}": v for k, v in flatten(metrics).items()

@@ -11,26 +11,30 @@ import pandas as pd
 from ferpipe import plots, tracking
 from ferpipe.data import load_split, read_json
 from ferpipe.errors import run_main
+from ferpipe.outputs import stage_outputs
 from ferpipe.params import load_params, stage_args
+
+#: The PNGs written to `plot.out`.
+PLOTS = ("accuracy.png", "loss.png", "lr.png", "confusion.png", "per_class_f1.png")
 
 
 def main() -> None:
     cfg = load_params(stage_args(__doc__).params).plot
-    out = Path(cfg.out)
     history = pd.read_csv("metrics/history.csv")
     pairs = pd.read_csv("metrics/confusion.csv")
     evaluation = read_json("metrics/eval.json")
     names = list(evaluation["per_class"])
     actual, predicted = pairs["actual"].tolist(), pairs["predicted"].tolist()
-    written = [
-        plots.curves(history, "accuracy", out / "accuracy.png"),
-        plots.curves(history, "loss", out / "loss.png"),
-        plots.learning_rate(pd.read_csv("metrics/lr.csv"), out / "lr.png"),
-        plots.confusion(actual, predicted, names, out / "confusion.png"),
-        plots.per_class_f1(evaluation["per_class"], out / "per_class_f1.png"),
+    with stage_outputs() as outs:
+        folder = outs.folder(cfg.out, "plot", set(PLOTS))
+        plots.curves(history, "accuracy", folder / "accuracy.png")
+        plots.curves(history, "loss", folder / "loss.png")
+        plots.learning_rate(pd.read_csv("metrics/lr.csv"), folder / "lr.png")
+        plots.confusion(actual, predicted, names, folder / "confusion.png")
+        plots.per_class_f1(evaluation["per_class"], folder / "per_class_f1.png")
         plots.prediction_grid(load_split(cfg.test)["images"], actual, predicted,
-                              Path(cfg.grid), n=cfg.grid_images, seed=cfg.seed),
-    ]
+                              outs.file(cfg.grid), n=cfg.grid_images, seed=cfg.seed)
+    written = [*(Path(cfg.out) / name for name in PLOTS), Path(cfg.grid)]
     with tracking.resume_run(cfg.run):
         for path in written:
             mlflow.log_artifact(str(path), artifact_path="plots")

@@ -3,7 +3,8 @@
 Writes data/prepared/<split>.npz, metrics/data.json (images per split and class),
 metrics/quality.json (duplicates, test leakage, blank, bad and converted images per split and
 class) and metrics/bad_files.csv (every file that could not be decoded, with the reason).
-Nothing is written when a check fails.
+Nothing is written when a check fails: every output goes to a temp name first and all are
+renamed into place at the end (see ferpipe.outputs).
 """
 
 import csv
@@ -12,14 +13,22 @@ from pathlib import Path
 from ferpipe.data import RAW_ARCHIVE, DataError, class_counts, save_split, stratified_split, write_json
 from ferpipe.decode import decode_archive
 from ferpipe.errors import run_main
-from ferpipe.params import load_params, stage_args
+from ferpipe.outputs import Outputs, stage_outputs
+from ferpipe.params import Prepare, load_params, stage_args
 from ferpipe.quality import check_bad_fraction, clean_splits
+
+SPLITS = ("train", "val", "test")
 
 
 def main() -> None:
     cfg = load_params(stage_args(__doc__).params).prepare
-    raw, out = Path(cfg.raw), Path(cfg.out)
-    decoded = decode_archive(raw / RAW_ARCHIVE, cfg.image_size)
+    with stage_outputs() as outs:
+        prepare(cfg, outs.folder(cfg.out, "prepare", {f"{s}.npz" for s in SPLITS}), outs)
+
+
+def prepare(cfg: Prepare, out: Path, outs: Outputs) -> None:
+    """Decode, check, clean and split; write the arrays to `out` and the metrics to temp names."""
+    decoded = decode_archive(Path(cfg.raw) / RAW_ARCHIVE, cfg.image_size)
     splits = {split: arrays for split, (arrays, _) in decoded.items()}
     info = {split: info for split, (_, info) in decoded.items()}
     check_bad_fraction(splits, info, cfg.max_bad_fraction)
@@ -31,20 +40,20 @@ def main() -> None:
     if "val" not in splits:
         splits["train"], splits["val"] = stratified_split(splits["train"], cfg.val_fraction,
                                                           cfg.seed)
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         if len(splits[split]["labels"]) == 0:
             raise DataError(f"prepare: no images left in split '{split}' after cleaning "
                             f"(see the prepare.drop_* params)")
 
     report = {}
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         save_split(splits[split], out / f"{split}.npz")
         report[split] = {"images": len(splits[split]["labels"]),
                          **class_counts(splits[split]["labels"])}
         print(f"{split}: {report[split]}")
-    write_json(report, "metrics/data.json")
-    write_json(quality, "metrics/quality.json")
-    with open("metrics/bad_files.csv", "w", newline="") as fh:
+    write_json(report, outs.file("metrics/data.json"))
+    write_json(quality, outs.file("metrics/quality.json"))
+    with open(outs.file("metrics/bad_files.csv"), "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["split", "file", "reason"])
         writer.writerows((split, file, reason) for split, entry in sorted(info.items())

@@ -22,6 +22,7 @@ from ferpipe.device import StepContext, precision_name, resolve_amp
 from ferpipe.distributed import Dist, all_reduce, init_distributed, shutdown_distributed
 from ferpipe.errors import run_main
 from ferpipe.model import build_model, save_checkpoint
+from ferpipe.outputs import stage_outputs
 from ferpipe.params import Params, load_params, stage_args
 from ferpipe.resume import Resume, fingerprint
 from ferpipe.training import fit
@@ -83,14 +84,15 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
         "device": str(device), "precision": precision, "torch_version": torch.__version__,
         "world_size": str(dist.world_size)}, run_id=run_id) if dist.is_main \
         else contextlib.nullcontext()
-    with run_context as run:
+    with run_context as run, stage_outputs() as outs:
+        checkpoint = outs.file(out / "model.pt")  # all outputs are renamed into place at the end
         if dist.is_main:
-            tracking.write_run_ref(out / "mlflow_run.json", run, cfg.experiment)
+            tracking.write_run_ref(outs.file(out / "mlflow_run.json"), run, cfg.experiment)
             if resume is not None:
                 resume.extra["run_id"] = run.info.run_id
 
         def on_best(epoch: int, val_accuracy: float, state_dict: dict) -> None:
-            save_checkpoint(out / "model.pt", state_dict, class_names=list(CLASS_NAMES),
+            save_checkpoint(checkpoint, state_dict, class_names=list(CLASS_NAMES),
                             mean=stats["mean"], std=stats["std"],
                             image_size=train["images"].shape[-1], params=used,
                             extra={"epoch": epoch, "val_accuracy": val_accuracy})
@@ -105,21 +107,25 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
         peak = all_reduce(torch.tensor([peak_rss_mb()], dtype=torch.float64, device=device),
                           dist, op="max").item()
         if not dist.is_main:
+            outs.abort()
             return
-        write_csv(result.history, Path("metrics/history.csv"))
-        write_csv([{"step": i, "lr": lr} for i, lr in enumerate(result.lrs)], Path("metrics/lr.csv"))
+        write_csv(result.history, outs.file("metrics/history.csv"))
+        write_csv([{"step": i, "lr": lr} for i, lr in enumerate(result.lrs)],
+                  outs.file("metrics/lr.csv"))
         metrics = {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
                    "epochs": len(result.history), "train_minutes": wall / 60,
                    "images_per_s": result.images / result.step_seconds,
                    "peak_rss_mb": round(peak, 1), "world_size": dist.world_size,
                    "resumed_after_epoch": result.resumed_from,
                    "device": str(device), "precision": precision}
-        write_json(metrics, "metrics/train.json")
+        write_json(metrics, outs.file("metrics/train.json"))
+    # Every file is in place: log them into the run, then drop the resume checkpoint.
+    with tracking.resume_run(out / "mlflow_run.json"):
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         mlflow.log_artifact("metrics/history.csv")
         tracking.log_model(out / "model.pt")
-        if resume is not None:
-            resume.remove()
+    if resume is not None:
+        resume.remove()
     print(f"best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}; "
           f"{wall / 60:.1f} min, peak memory {peak:.0f} MiB")
 

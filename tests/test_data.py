@@ -20,6 +20,7 @@ from ferpipe.data import (
 )
 from ferpipe.decode import decode_archive
 from ferpipe.fetch import fetch_raw
+from ferpipe.outputs import MANIFEST
 from tests.fakedata import make_image_folders, make_zip
 
 
@@ -79,9 +80,9 @@ def test_fetch_zip_with_wrapper_and_odd_class_names(tmp_path):
     names = members(tmp_path / "raw")
     assert names == sorted(names) and len(names) == 7 * 5
     assert "train/angry/train_angry_0.jpg" in names and "test/happy/test_happy_1.jpg" in names
-    assert [p.name for p in (tmp_path / "raw").iterdir()] == [RAW_ARCHIVE]
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [MANIFEST, RAW_ARCHIVE]
     assert archive.exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".download")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_same_images_give_the_same_raw_archive_from_zip_tar_or_folder(tmp_path):
@@ -177,3 +178,19 @@ def test_decode_archive_converts_rgb_resizes_and_orders_by_class_then_name(tmp_p
     loaded = load_split(tmp_path / "out/train.npz")
     assert np.array_equal(loaded["images"], arrays["images"])
     assert loaded["labels"].dtype == np.int64
+
+
+def test_a_split_too_small_for_the_val_carve_out_names_the_param_and_the_class():
+    labels = np.repeat(np.arange(7), [5, 1, 5, 5, 5, 5, 5]).astype(np.int64)
+    arrays = {"images": np.zeros((len(labels), 48, 48), np.uint8), "labels": labels}
+    with pytest.raises(DataError) as err:
+        stratified_split(arrays, 0.1, seed=0)
+    assert str(err.value) == ("prepare.val_fraction: class 'disgust' has 1 training image; a "
+                              "stratified val split needs at least 2 of each class")
+    labels = np.repeat(np.arange(7), 3).astype(np.int64)
+    arrays = {"images": np.zeros((21, 48, 48), np.uint8), "labels": labels}
+    with pytest.raises(DataError) as err:
+        stratified_split(arrays, 0.1, seed=0)
+    assert str(err.value) == ("prepare.val_fraction: 0.1 of 21 training images leaves 3 for val "
+                              "and 18 for train; each needs at least one image of each of the 7 "
+                              "classes")

@@ -31,8 +31,9 @@ def repo(tmp_path_factory):
 
 
 def train_processes(parent: psutil.Process, timeout: float = 120) -> list[psutil.Process]:
-    """The processes running `stages/train.py` under `parent`: the Python process, and the shell
-    DVC starts it with where that shell forks rather than execs (dash as /bin/sh does)."""
+    """The processes running the train stage (`-m stages.train`) under `parent`: the Python
+    process, and the shell DVC starts it with where that shell forks rather than execs (dash as
+    /bin/sh does)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         found, python = [], False
@@ -41,7 +42,7 @@ def train_processes(parent: psutil.Process, timeout: float = 120) -> list[psutil
                 cmdline = child.cmdline()
             except psutil.NoSuchProcess:
                 continue
-            if any("stages/train.py" in part for part in cmdline):
+            if any("stages.train" in part for part in cmdline):
                 found.append(child)
                 python = python or "python" in Path(cmdline[0]).name
         if python:

@@ -49,7 +49,8 @@ def test_repro_writes_sane_outputs(repo):
     r = repo["path"]
     for stage in ("download", "prepare", "stats", "train", "evaluate", "plot"):
         assert f"Running stage '{stage}'" in repo["repro_log"]
-    assert [p.name for p in (r / "data/raw").iterdir()] == ["images.zip"]
+    assert sorted(p.name for p in (r / "data/raw").iterdir()) == [".ferpipe-output.json",
+                                                              "images.zip"]
     data = json.loads((r / "metrics/data.json").read_text())
     assert data["train"]["images"] + data["val"]["images"] == repo["counts"]["train"]
     assert data["test"]["images"] == repo["counts"]["test"]
@@ -172,7 +173,7 @@ def test_torchrun_launcher_trains_data_parallel_with_the_same_outputs(repo):
     single_lrs = len(read_csv(r / "metrics/lr.csv"))
     launcher = "train.launcher='torchrun --standalone --nproc_per_node=2'"
     out = sh(["dvc", "exp", "run", "-S", launcher], r, env)
-    assert "torchrun --standalone --nproc_per_node=2 stages/train.py" in out
+    assert "torchrun --standalone --nproc_per_node=2 -m stages.train" in out
     assert output_files(r) == repo["outputs"]
     train = json.loads((r / "metrics/train.json").read_text())
     assert train["world_size"] == 2 and train["epochs"] == EPOCHS and train["peak_rss_mb"] > 0

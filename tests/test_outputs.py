@@ -1,0 +1,193 @@
+"""Nothing the user has is ever deleted: stages write only where params allow, replace only
+their own folders, and write all their outputs or none."""
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ferpipe.errors import OutputError
+from ferpipe.outputs import MANIFEST, check_replaceable, output_conflicts, stage_outputs
+from ferpipe.params import ParamsError, validate_params
+from tests.fakedata import make_image_folders, make_zip
+from tests.fakerepo import make_repo, sh
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every file under `folder` with the sha256 of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def project(tmp_path):
+    """A folder laid out as the project: params.yaml, data/fer2013.zip (a tiny archive) and a
+    file of the user's in data/."""
+    make_image_folders(tmp_path / "images", n_train=10, n_test=1)
+    (tmp_path / "data").mkdir()
+    make_zip(tmp_path / "images", tmp_path / "data/fer2013.zip")
+    (tmp_path / "data/notes.txt").write_text("the user's own file")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return tmp_path, params
+
+
+def run_stage(folder: Path, stage: str, params: dict) -> subprocess.CompletedProcess:
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return subprocess.run([sys.executable, str(ROOT / f"stages/{stage}.py")], cwd=folder,
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("out", "data", "params.yaml: download.out: data holds download.local_archive "
+                    "(data/fer2013.zip), which must never be written; expected a folder of its own"),
+    ("out", ".", "params.yaml: download.out: . is the project folder or above it"),
+    ("out", "..", "params.yaml: download.out: .. is the project folder or above it"),
+    ("out", "data/fer2013.zip", "params.yaml: download.out: data/fer2013.zip is "
+                                "download.local_archive (data/fer2013.zip)"),
+    ("out", "data/prepared", "params.yaml: download.out: data/prepared overlaps prepare.out "
+                             "(data/prepared)"),
+])
+def test_a_misdirected_download_output_is_refused_before_anything_happens(project, key, value,
+                                                                           message):
+    folder, params = project
+    before = tree(folder)
+    params["download"][key] = value
+    proc = run_stage(folder, "download", params)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"error: {message}"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert tree(folder) == {**before, "params.yaml": tree(folder)["params.yaml"]}
+
+
+def test_the_source_folder_as_output_is_refused(project):
+    folder, params = project
+    params["download"].update(source="data/raw", local_archive="none.zip")
+    make_image_folders(folder / "data/raw", n_train=1, n_test=1)
+    before = tree(folder / "data/raw")
+    proc = run_stage(folder, "download", params)
+    assert proc.returncode == 1
+    assert "download.out: data/raw is download.source (data/raw)" in proc.stderr
+    assert tree(folder / "data/raw") == before
+
+
+def test_a_folder_with_the_users_files_is_never_replaced(project):
+    folder, params = project
+    (folder / "mine").mkdir()
+    (folder / "mine/thesis.tex").write_text("two years of work")
+    params["download"]["out"] = "mine"
+    proc = run_stage(folder, "download", params)
+    assert proc.returncode == 1
+    assert proc.stderr == ("error: mine: holds files the download stage did not write (thesis.tex);"
+                           " it is never replaced: move them away or choose another output "
+                           "path\n")
+    assert (folder / "mine/thesis.tex").read_text() == "two years of work"
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_stage_replaces_its_own_folder_and_says_so_in_a_manifest(project):
+    folder, params = project
+    for _ in range(2):  # the second run replaces the first run's folder
+        proc = run_stage(folder, "download", params)
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(p.name for p in (folder / "data/raw").iterdir()) == [MANIFEST, "images.zip"]
+    assert yaml.safe_load((folder / "data/raw" / MANIFEST).read_text()) == {
+        "stage": "download", "files": ["images.zip"]}
+    assert (folder / "data/notes.txt").exists()
+    assert [p.name for p in (folder / "data").iterdir() if p.name.startswith(".")] == []
+    # A folder written before manifests existed (only images.zip) is recognised too.
+    (folder / "data/raw" / MANIFEST).unlink()
+    assert run_stage(folder, "download", params).returncode == 0
+    # Another stage's manifest does not make the folder the download stage's.
+    (folder / "data/raw" / MANIFEST).write_text('{"stage": "plot", "files": ["images.zip"]}')
+    with pytest.raises(OutputError, match="holds files the download stage did not write"):
+        check_replaceable(folder / "data/raw", "download", {"images.zip"})
+
+
+def test_every_folder_output_is_checked_for_overlaps():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, key, value, expected in [
+            ("plot", "out", "metrics", "plot.out: metrics overlaps"),
+            ("prepare", "out", "data/raw", "download.out: data/raw overlaps prepare.out"),
+            ("prepare", "out", "data", "download.out: data/raw overlaps prepare.out (data)"),
+            ("stats", "out", "data/prepared/stats.json", "prepare.out: data/prepared overlaps "
+                                                         "stats.out"),
+            ("train", "out", "data/raw", "download.out: data/raw overlaps train.out (model.pt)"),
+            ("plot", "grid", "data/fer2013.zip", "plot.grid: data/fer2013.zip is "
+                                                 "download.local_archive")]:
+        changed = {**params, section: {**params[section], key: value}}
+        with pytest.raises(ParamsError) as err:
+            validate_params(changed, "params.yaml")
+        assert f"params.yaml: {expected}" in str(err.value), str(err.value)
+
+
+def test_output_conflicts_on_absolute_paths(tmp_path):
+    root = tmp_path / "project"
+    root.mkdir()
+    assert output_conflicts([("a", str(root / "x"), True)], [], root) == []
+    assert output_conflicts([("a", str(tmp_path), True)], [], root) == [
+        f"a: {tmp_path} is the project folder or above it; expected a path inside it, such as "
+        f"data/raw"]
+    assert output_conflicts([("a", "out", True)], [("src", str(root / "out/in.zip"))], root) == [
+        f"a: out holds src ({root / 'out/in.zip'}), which must never be written; expected a "
+        f"folder of its own"]
+
+
+def test_all_outputs_or_none(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/a.npz").write_text("old")
+    (tmp_path / "metrics.json").write_text("old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with stage_outputs() as outs:
+            folder = outs.folder(tmp_path / "out", "prepare", {"a.npz"})
+            (folder / "a.npz").write_text("new")
+            outs.file(tmp_path / "metrics.json").write_text("new")
+            raise RuntimeError("boom")
+    assert (tmp_path / "out/a.npz").read_text() == "old"
+    assert (tmp_path / "metrics.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.npz", "metrics.json", "out"]
+    with stage_outputs() as outs:
+        (outs.folder(tmp_path / "out", "prepare", {"a.npz"}) / "a.npz").write_text("new")
+        outs.file(tmp_path / "metrics.json").write_text("new")
+    assert (tmp_path / "out/a.npz").read_text() == "new"
+    assert (tmp_path / "metrics.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [MANIFEST, "a.npz", "metrics.json",
+                                                          "out"]
+
+
+def test_prepare_writes_nothing_when_its_metrics_cannot_be_written(project):
+    folder, params = project
+    assert run_stage(folder, "download", params).returncode == 0
+    assert run_stage(folder, "prepare", params).returncode == 0
+    before = tree(folder / "data/prepared")
+    (folder / "metrics/data.json").unlink()
+    (folder / "metrics/data.json").mkdir()  # the metrics file cannot be replaced
+    params["prepare"]["seed"] = 7  # another val carve-out: new arrays
+    proc = run_stage(folder, "prepare", params)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: metrics/data.json: ")
+    assert tree(folder / "data/prepared") == before
+    assert not [p for p in folder.rglob(".*tmp*")]
+
+
+def test_dvc_repro_keeps_the_users_files_in_a_misdirected_output(tmp_path):
+    """DVC deletes a stage's outputs before running it, unless they persist: the folder outputs
+    persist, so the stage itself decides, and refuses."""
+    make_image_folders(tmp_path / "images", n_train=2, n_test=1)
+    archive = make_zip(tmp_path / "images", tmp_path / "fer.zip")
+    repo = tmp_path / "repo"
+    env = make_repo(repo, archive, download={"out": "data/mine"}, prepare={"raw": "data/mine"})
+    (repo / "data/mine").mkdir(parents=True)
+    (repo / "data/mine/thesis.tex").write_text("two years of work")
+    proc = subprocess.run(["dvc", "repro", "download"], cwd=repo, env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode != 0
+    assert "error: data/mine: holds files the download stage did not write (thesis.tex)" in (
+        proc.stdout + proc.stderr)
+    assert (repo / "data/mine/thesis.tex").read_text() == "two years of work"
+    sh(["dvc", "status"], repo, env)
