@@ -11,7 +11,7 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ferpipe.data import CLASS_NAMES, IMAGE_SIZE
 from ferpipe.errors import DataError
@@ -24,8 +24,11 @@ class BadImage(DataError):
     """An image file that cannot be decoded; its message is a short reason ("truncated" ...)."""
 
 
-def _to_gray(img: Image.Image) -> Image.Image:
-    """Mode L of any image: 16-bit samples scaled (value / 257, rounded), others by Pillow."""
+def to_gray(img: Image.Image) -> Image.Image:
+    """Mode L of any image, upright: EXIF orientation applied (as a photo viewer shows it),
+    16-bit samples scaled (value / 257, rounded), colour and palette images by Pillow's
+    `convert("L")` (ITU-R 601-2 luma). Used by prepare and by the predict command alike."""
+    img = ImageOps.exif_transpose(img)
     if img.mode in _WIDE_MODES:
         wide = np.asarray(img, dtype=np.int64)
         return Image.fromarray(np.clip((wide + 128) // 257, 0, 255).astype(np.uint8))
@@ -35,7 +38,8 @@ def _to_gray(img: Image.Image) -> Image.Image:
 def decode_image(data: bytes, size: int = IMAGE_SIZE) -> tuple[np.ndarray, bool]:
     """Decode one encoded image (JPEG, PNG ...) to grayscale `size` x `size` pixels.
 
-    Color and palette images become luma (ITU-R 601-2, Pillow's `convert("L")`), alpha and
+    EXIF orientation is applied; color and palette images become luma (ITU-R 601-2, Pillow's
+    `convert("L")`), alpha and
     transparency are dropped (as torchvision's image loader does), 16-bit samples (modes I;16,
     I) are scaled to 8 bits (value / 257, rounded; mode I is clipped to 0..65535 first), and other
     sizes are resized (bilinear). Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`)
@@ -55,7 +59,7 @@ def decode_image(data: bytes, size: int = IMAGE_SIZE) -> tuple[np.ndarray, bool]
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(BytesIO(data)) as img:
                 converted = img.mode != "L" or img.size != (size, size)
-                img = _to_gray(img)
+                img = to_gray(img)
                 if img.size != (size, size):
                     img = img.resize((size, size), Image.BILINEAR)
                 return np.asarray(img, dtype=np.uint8), converted
@@ -80,7 +84,12 @@ def _decode_members(archive: str, names: list[str], size: int
     with zipfile.ZipFile(archive) as zf:
         for i, name in enumerate(names):
             try:
-                image, was_converted = decode_image(zf.read(name), size)
+                data = zf.read(name)
+            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as err:
+                raise DataError(f"{archive}: member '{name}' cannot be read: {err}; run the "
+                                f"download stage again (dvc repro -f download)") from None
+            try:
+                image, was_converted = decode_image(data, size)
             except BadImage as err:
                 bad.append((i, str(err)))
                 continue

@@ -15,7 +15,13 @@ from tqdm import tqdm
 from ferpipe.data import RAW_ARCHIVE
 from ferpipe.errors import DataError, OutputError
 from ferpipe.outputs import Outputs, output_conflicts, stage_outputs
-from ferpipe.sources import CSV_NAME, MAX_MEMBERS, MAX_UNPACKED_BYTES, write_raw_archive
+from ferpipe.sources import (
+    CSV_NAME,
+    MAX_MEMBERS,
+    MAX_UNPACKED_BYTES,
+    check_archive,
+    write_raw_archive,
+)
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -43,16 +49,22 @@ def verify_sha256(path: Path, expected: str | None, if_wrong: str) -> None:
         raise DataError(f"{path}: sha256 mismatch: expected {expected}, got {actual}; {if_wrong}")
 
 
-def http_download(url: str, dest: Path, sha256: str | None = None) -> Path:
+def http_download(url: str, dest: Path, sha256: str | None = None,
+                  max_unpacked_bytes: int = MAX_UNPACKED_BYTES, max_members: int = MAX_MEMBERS
+                  ) -> Path:
     """Stream `url` to `dest.part` with a progress bar, check it, then rename it to `dest`.
 
     The sha256 (when given) is checked on the `.part` file before the rename; on a mismatch the
-    `.part` file is removed. A download that stops half-way (an error, or fewer bytes than the
-    server's Content-Length) leaves only `dest.part`, never a truncated `dest`.
+    `.part` file is removed. The body must then be a zip or tar archive that reads to its end
+    (`ferpipe.sources.check_archive`): an HTML page, or a body cut short without a
+    Content-Length, is never renamed to `dest`. A download that fails any check (an error,
+    fewer bytes than the server's Content-Length, not a readable archive) leaves only
+    `dest.part`, never a broken `dest`.
 
     Raises:
-        DataError: the request failed (offline, HTTP error) or stopped early, naming the URL; or
-            the sha256 does not match, showing both hashes.
+        DataError: the request failed (offline, HTTP error), stopped early, or is not a readable
+            zip or tar archive, naming the URL and the `.part` file; or the sha256 does not
+            match, showing both hashes.
     """
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +88,11 @@ def http_download(url: str, dest: Path, sha256: str | None = None) -> Path:
     except DataError:
         part.unlink()
         raise
+    try:
+        check_archive(part, max_unpacked_bytes, max_members)
+    except DataError as err:
+        raise DataError(f"could not download {url}: what it sent is not a readable zip or tar "
+                        f"archive ({err}); the file is kept as {part}") from err
     part.replace(dest)
     return dest
 
@@ -143,11 +160,12 @@ def fetch_raw(source: str, local_archive: Path, dest: Path, sha256: str | None =
         raise OutputError("\n".join(problems))
     with contextlib.nullcontext(outputs) if outputs else stage_outputs() as outs:
         folder = outs.folder(dest, "download", {RAW_ARCHIVE})
-        path = _source_path(source, local_archive, sha256)
+        path = _source_path(source, local_archive, sha256, max_unpacked_bytes, max_members)
         return write_raw_archive(path, folder / RAW_ARCHIVE, max_unpacked_bytes, max_members)
 
 
-def _source_path(source: str, local_archive: Path, sha256: str | None) -> Path:
+def _source_path(source: str, local_archive: Path, sha256: str | None,
+                 max_unpacked_bytes: int, max_members: int) -> Path:
     """The local archive, file or folder to read: `local_archive` if it exists, else `source`
     (downloaded first when it is Kaggle or a URL), its sha256 checked."""
     expected = sha256
@@ -162,7 +180,7 @@ def _source_path(source: str, local_archive: Path, sha256: str | None) -> Path:
                             f"at {local_archive} and run again") from err
     elif source.startswith(("http://", "https://")):
         try:
-            path = http_download(source, local_archive, sha256)
+            path = http_download(source, local_archive, sha256, max_unpacked_bytes, max_members)
         except DataError as err:
             raise DataError(f"{err}; to work offline, put the archive at {local_archive} "
                             f"and run again") from err

@@ -21,6 +21,7 @@ import json
 import re
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ferpipe.decode import to_gray
 from ferpipe.errors import FerpipeError
 from ferpipe.inference import Classifier
 from ferpipe.params import TTA_MODES
@@ -120,7 +122,8 @@ def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], margin: float, s
 
 def load_gray(path: Path | BinaryIO) -> tuple[np.ndarray, np.ndarray]:
     """(RGB uint8 (H, W, 3), grayscale uint8 (H, W)) of an image file (path or open binary
-    file), EXIF rotation applied.
+    file), EXIF rotation applied, the grayscale made by `ferpipe.decode.to_gray` (16-bit
+    images scaled, not clipped), as prepare makes the training images.
 
     Raises:
         OSError, UnidentifiedImageError, ValueError: the file cannot be read as an image.
@@ -128,7 +131,7 @@ def load_gray(path: Path | BinaryIO) -> tuple[np.ndarray, np.ndarray]:
     with Image.open(path) as img:
         img = ImageOps.exif_transpose(img)
         rgb = np.asarray(img.convert("RGB"))
-        gray = np.asarray(img.convert("L"))
+        gray = np.asarray(to_gray(img))  # as prepare decodes training images
     return rgb, gray
 
 
@@ -258,7 +261,44 @@ def table_line(p: Prediction, names: list[str]) -> str:
     return f"{p.file}\t{p.face}\t{box}\t{p.expression}{flag}\t{p.probability:.3f}\t{probs}"
 
 
+def _bounded(kind: type, low: float, high: float | None = None):
+    """An argparse type: a `kind` number in [low, high] (high None: no upper bound)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (low <= value and (high is None or value <= high)):
+            upper = f" and {high}" if high is not None else " or more"
+            raise argparse.ArgumentTypeError(f"expected {low}{upper}, got {text}")
+        return value
+    return parse
+
+
+def read_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """`load_gray` of a regular file, with every reason it cannot be read as one ValueError.
+
+    Raises:
+        ValueError: missing, not a regular file (a folder, FIFO, device ...), not an image,
+            corrupt, or larger than Pillow's decompression-bomb limit.
+    """
+    if not path.exists():
+        raise ValueError("no such file")
+    if not path.is_file():
+        raise ValueError("not a regular file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return load_gray(path)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot read image: too large ({err})") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise ValueError(f"cannot read image: {err}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The `ferpipe-predict` command; returns the exit status (0, 1 when a file could not be
+    read, 2 for a usage or model error)."""
     parser = argparse.ArgumentParser(
         prog="ferpipe-predict", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -274,19 +314,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="write copies of the images with boxes and labels to DIR (PNG)")
     parser.add_argument("--tta", choices=TTA_MODES, default="none",
                         help="test-time augmentation (default %(default)s)")
-    parser.add_argument("--tta-crop", type=int, default=44, help="ten-crop side, pixels")
-    parser.add_argument("--margin", type=float, default=0.1,
+    parser.add_argument("--tta-crop", type=_bounded(int, 1), default=44,
+                        help="ten-crop side, pixels, at most the model's input size "
+                             "(default %(default)s)")
+    parser.add_argument("--margin", type=_bounded(float, 0.0, 2.0), default=0.1,
                         help="added around each face box on every side, fraction of its side "
                              "(default %(default)s)")
-    parser.add_argument("--min-face", type=float, default=0.15,
+    parser.add_argument("--min-face", type=_bounded(float, 0.0, 1.0), default=0.15,
                         help="smallest face searched, fraction of the image's shorter side "
                              "(default %(default)s)")
-    parser.add_argument("--max-side", type=int, default=320,
+    parser.add_argument("--max-side", type=_bounded(int, 0), default=320,
                         help="search faces on a copy downscaled to this many pixels (longer "
                              "side; 0: full size, for small faces; default %(default)s)")
     parser.add_argument("--timing", action="store_true",
                         help="also print the milliseconds per file (model already loaded)")
     args = parser.parse_args(argv)
+    if args.annotate is not None and args.annotate.exists() and not args.annotate.is_dir():
+        parser.error(f"--annotate: {args.annotate} exists and is not a folder")
 
     try:
         detector = FaceDetector(min_size=args.min_face, max_side=args.max_side)
@@ -295,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError, FerpipeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.tta_crop > predictor.classifier.image_size:
+        parser.error(f"--tta-crop: {args.tta_crop} pixels is larger than the model's "
+                     f"{predictor.classifier.image_size}-pixel input")
     names = predictor.classifier.class_names
     if not args.json:
         print("file\tface\tbox (x,y w x h)\texpression\tprob\t" + " ".join(names))
@@ -302,10 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     for path in expand(args.paths):
         start = time.perf_counter()
         try:
-            rgb, gray = load_gray(path)
-        except (OSError, UnidentifiedImageError, ValueError) as err:
+            rgb, gray = read_image(path)
+        except ValueError as err:
             failed += 1
-            reason = "no such file" if not path.exists() else f"cannot read image: {err}"
+            reason = str(err)
             print(json.dumps({"file": str(path), "error": reason}) if args.json
                   else f"{path}\terror: {reason}", flush=True)
             continue
@@ -317,7 +364,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(table_line(p, names) + (f"\t{ms:.1f} ms" if args.timing else ""))
         if args.annotate:
-            annotate(rgb, predictions, args.annotate / f"{path.stem}.png")
+            try:
+                annotate(rgb, predictions, args.annotate / f"{path.stem}.png")
+            except OSError as err:
+                print(f"error: {args.annotate}: cannot write: {err.strerror or err}",
+                      file=sys.stderr)
+                return 2
         sys.stdout.flush()
     return 1 if failed else 0
 

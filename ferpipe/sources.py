@@ -134,11 +134,12 @@ def list_files(source: Path, max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
             count = size = 0
             for path in source.rglob("*"):
                 rel = PurePosixPath(path.relative_to(source).as_posix())
+                _check_utf8(str(rel), source)
                 info = path.lstat()
                 if stat.S_ISDIR(info.st_mode):
                     folders.add(rel)
                 elif stat.S_ISREG(info.st_mode):
-                    files[rel] = path.read_bytes
+                    files[rel] = _file_reader(path)
                     size += info.st_size
                 else:
                     raise DataError(f"{source}: '{rel}' is {_special_kind(info.st_mode)} "
@@ -146,47 +147,138 @@ def list_files(source: Path, max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
                 count += 1
                 _check_caps(source, count, size, max_members, max_unpacked_bytes, False)
         elif zipfile.is_zipfile(source):
-            with zipfile.ZipFile(source) as zf:
-                members = []
-                for info in zf.infolist():
-                    member = _check_member_name(info.filename, source)
-                    kind = _special_kind(info.external_attr >> 16)
-                    if kind:
-                        raise DataError(f"{source}: member '{info.filename}' is {kind}")
-                    members.append((info, member))
-                _check_caps(source, len(members),
-                            sum(info.file_size for info, _ in members if not info.is_dir()),
-                            max_members, max_unpacked_bytes, True)
-                for info, member in members:
-                    if info.is_dir():
-                        folders.add(member)
-                    else:
-                        data = zf.read(info)
-                        files[member] = lambda data=data: data
+            _list_zip(source, files, folders, max_unpacked_bytes, max_members)
         elif tarfile.is_tarfile(source):
-            with tarfile.open(source) as tf:
-                members, size = [], 0
-                for info in tf:  # headers only: checked before the next member's data is skipped
-                    member = _check_member_name(info.name, source)
-                    if not (info.isfile() or info.isdir()):
-                        kind = _TAR_KINDS.get(info.type, f"of tar type {info.type!r}")
-                        raise DataError(f"{source}: member '{info.name}' is {kind}")
-                    members.append((info, member))
-                    size += info.size if info.isfile() else 0
-                    _check_caps(source, len(members), size, max_members, max_unpacked_bytes,
-                                False)
-                for info, member in members:  # in stream order: a .tar.gz is read once more
-                    if info.isdir():
-                        folders.add(member)
-                    else:
-                        data = tf.extractfile(info).read()
-                        files[member] = lambda data=data: data
+            _list_tar(source, files, folders, max_unpacked_bytes, max_members)
         else:
             raise DataError(f"{source}: expected a .zip, .tar or .tar.gz archive, a "
-                            f"{CSV_NAME} or a folder")
-    except (tarfile.TarError, zipfile.BadZipFile, OSError) as err:
-        raise DataError(f"{source}: cannot read: {err}") from err
+                            f"{CSV_NAME} or a folder; {_first_bytes(source)}")
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as err:
+        raise DataError(f"{source}: cannot read: {_reason(err)}") from err
     return Listing(files, folders)
+
+
+def _reason(err: BaseException) -> str:
+    """A library error's text, worded for a user (a truncated stream says so)."""
+    if isinstance(err, EOFError):
+        return f"the archive is truncated ({err})"
+    if "CRC" in str(err):
+        return f"the data are corrupted ({err})"
+    return str(err) or type(err).__name__
+
+
+def _first_bytes(path: Path) -> str:
+    """What a file that is not an archive starts with, for an error message."""
+    with open(path, "rb") as fh:
+        head = fh.read(40)
+    if not head:
+        return "it is empty"
+    return f"it starts with {head!r}"
+
+
+def _check_utf8(name: str, source: Path) -> None:
+    """Refuse a file name that is not valid UTF-8 (it cannot be stored in images.zip)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        raise DataError(f"{source}: file name '{shown}' is not valid UTF-8; rename it") from None
+
+
+def _file_reader(path: Path) -> Callable[[], bytes]:
+    """A function returning the bytes of `path`, raising DataError naming it when unreadable."""
+    def read() -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as err:
+            raise DataError(f"{path}: cannot read: {err.strerror or err}") from err
+    return read
+
+
+def _list_zip(source: Path, files: dict, folders: set, max_unpacked_bytes: int,
+              max_members: int) -> None:
+    """`list_files` for a zip: names, kinds and caps checked first, then every member read (its
+    CRC checked by zipfile)."""
+    with zipfile.ZipFile(source) as zf:
+        members = []
+        for info in zf.infolist():
+            member = _check_member_name(info.filename, source)
+            kind = _special_kind(info.external_attr >> 16)
+            if kind:
+                raise DataError(f"{source}: member '{info.filename}' is {kind}")
+            if info.flag_bits & 0x1:
+                raise DataError(f"{source}: member '{info.filename}' is encrypted "
+                                f"(password-protected); expected an archive without a password")
+            members.append((info, member))
+        _check_caps(source, len(members),
+                    sum(info.file_size for info, _ in members if not info.is_dir()),
+                    max_members, max_unpacked_bytes, True)
+        for info, member in members:
+            if info.is_dir():
+                folders.add(member)
+                continue
+            try:
+                data = zf.read(info)
+            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as err:
+                raise DataError(f"{source}: member '{info.filename}' cannot be read: "
+                                f"{_reason(err)}") from err
+            files[member] = lambda data=data: data
+
+
+def _list_tar(source: Path, files: dict, folders: set, max_unpacked_bytes: int,
+              max_members: int) -> None:
+    """`list_files` for a tar (.tar, .tar.gz, .tar.bz2, .tar.xz): headers checked and counted
+    first, then the archive is read to its very end (so a damaged header that tarfile takes for
+    the end of the archive, or a compressed stream whose checksum fails, is refused instead of
+    silently ending the listing), then the members' data are read."""
+    with tarfile.open(source) as tf:
+        members, size = [], 0
+        for info in tf:  # headers only: checked before the next member's data is skipped
+            member = _check_member_name(info.name, source)
+            if not (info.isfile() or info.isdir()):
+                kind = _TAR_KINDS.get(info.type, f"of tar type {info.type!r}")
+                raise DataError(f"{source}: member '{info.name}' is {kind}")
+            members.append((info, member))
+            size += info.size if info.isfile() else 0
+            _check_caps(source, len(members), size, max_members, max_unpacked_bytes, False)
+        end = tf.offset
+        stream = tf.fileobj
+        stream.seek(end)
+        position = end
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            rest = block.lstrip(b"\0")
+            if rest:
+                nonzero = len(block) - len(rest)
+                last = f" after member '{members[-1][0].name}'" if members else ""
+                raise DataError(f"{source}: damaged at byte {position + nonzero}{last}: the "
+                                f"archive's listing ends at byte {end} but data follow (a "
+                                f"corrupted member header?)")
+            position += len(block)
+        for info, member in members:  # in stream order: a .tar.gz is read once more
+            if info.isdir():
+                folders.add(member)
+            else:
+                try:
+                    data = tf.extractfile(info).read()
+                except (tarfile.TarError, OSError, EOFError) as err:
+                    raise DataError(f"{source}: member '{info.name}' cannot be read: "
+                                    f"{_reason(err)}") from err
+                files[member] = lambda data=data: data
+
+
+def check_archive(path: Path, max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
+                  max_members: int = MAX_MEMBERS) -> None:
+    """Check that `path` is a zip or tar archive that reads to its end: every zip member's CRC,
+    every tar header and, for a compressed tar, the stream's checksum. Nothing is kept.
+
+    Raises:
+        DataError: another kind of file (naming its first bytes), a damaged or truncated
+            archive (naming the member or byte), or one over the caps (see `list_files`).
+    """
+    if zipfile.is_zipfile(path) or tarfile.is_tarfile(path):
+        list_files(path, max_unpacked_bytes, max_members)
+        return
+    raise DataError(f"{path}: not a zip or tar archive; {_first_bytes(path)}")
 
 
 def _is_junk(name: str) -> bool:
@@ -213,7 +305,9 @@ def find_layout(files: list[PurePosixPath], where: Path, folders: Iterable[PureP
 
     Raises:
         DataError: no train or no test split folder, two folders for one split, a split without
-            class folders, an unknown class folder, or a class folder without files, naming it.
+            class folders, an unknown class folder, a class folder without files, or a file in
+            a subfolder of a class folder, naming it. Files directly in a split folder (a
+            README) are left out with a printed note naming them.
     """
     def junk_in(parts: tuple[str, ...]) -> bool:
         return any(_is_junk(part) for part in parts)
@@ -259,6 +353,20 @@ def find_layout(files: list[PurePosixPath], where: Path, folders: Iterable[PureP
         if required not in splits:
             raise DataError(f"{where / root}: no {required}/ split folder; found "
                             f"{sorted(split_dir for split_dir, _ in splits.values())}")
+    split_dirs = {root / split_dir for split_dir, _ in splits.values()}
+    loose = []
+    for path in sorted(files):
+        if junk_in(path.parts) or not any(folder in path.parents for folder in split_dirs):
+            continue
+        depth = len(path.relative_to(root).parts)
+        if depth == 2:
+            loose.append(str(path))
+        elif depth > 3:
+            raise DataError(f"{where / path}: an image in a subfolder of a class folder; expected "
+                            f"images directly in <split>/<class>/ (move it up or delete it)")
+    if loose:
+        print(f"note: {where}: {len(loose)} file(s) directly in a split folder, not in a class "
+              f"folder, are left out: {', '.join(loose[:5])}" + (" ..." if len(loose) > 5 else ""))
     layout: dict[PurePosixPath, tuple[str, str]] = {}
     for split, (split_dir, classes) in splits.items():
         split_path = where / root / split_dir
@@ -365,11 +473,15 @@ def write_raw_archive(source: Path, dest: Path, max_unpacked_bytes: int = MAX_UN
 
     Raises:
         DataError: see `list_files`, `find_layout` and `csv_members`; two files that normalize to
-            one name; more than one fer2013.csv.
+            one name; more than one fer2013.csv; a train split without images of some class
+            (listing the missing classes).
     """
     if source.is_file() and source.suffix.lower() == ".csv":
-        with open(source, encoding="utf-8-sig", newline="") as lines:
-            table = csv_members(lines, str(source))
+        try:
+            with open(source, encoding="utf-8-sig", newline="") as lines:
+                table = csv_members(lines, str(source))
+        except OSError as err:
+            raise DataError(f"{source}: cannot read: {err.strerror or err}") from err
         entries = {name: (lambda data=data: data) for name, data in table.items()}
     else:
         listing = list_files(source, max_unpacked_bytes, max_members)
@@ -391,6 +503,13 @@ def write_raw_archive(source: Path, dest: Path, max_unpacked_bytes: int = MAX_UN
                 entries[name] = listing.files[path]
     counts = {split: {cls: 0 for cls in CLASS_NAMES}
               for split in sorted({name.split("/")[0] for name in entries})}
+    for name in entries:
+        split, cls, _ = name.split("/", 2)
+        counts[split][cls] += 1
+    missing = [cls for cls, n in counts.get("train", {}).items() if n == 0]
+    if missing:  # a model would silently learn fewer classes
+        raise DataError(f"{source}: the train split has no {', no '.join(missing)} images; "
+                        f"expected all 7 classes {list(CLASS_NAMES)}")
     tmp = dest.with_name(dest.name + ".tmp")
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -399,8 +518,6 @@ def write_raw_archive(source: Path, dest: Path, max_unpacked_bytes: int = MAX_UN
                 info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
                 info.external_attr = 0o644 << 16
                 out.writestr(info, entries[name]())
-                split, cls, _ = name.split("/", 2)
-                counts[split][cls] += 1
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

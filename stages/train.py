@@ -85,7 +85,8 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
         "world_size": str(dist.world_size)}, run_id=run_id) if dist.is_main \
         else contextlib.nullcontext()
     with run_context as run, stage_outputs() as outs:
-        checkpoint = outs.file(out / "model.pt")  # all outputs are renamed into place at the end
+        # Only rank 0 writes; all its outputs are renamed into place at the end.
+        checkpoint = outs.file(out / "model.pt") if dist.is_main else None
         if dist.is_main:
             tracking.write_run_ref(outs.file(out / "mlflow_run.json"), run, cfg.experiment)
             if resume is not None:
@@ -107,7 +108,6 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
         peak = all_reduce(torch.tensor([peak_rss_mb()], dtype=torch.float64, device=device),
                           dist, op="max").item()
         if not dist.is_main:
-            outs.abort()
             return
         write_csv(result.history, outs.file("metrics/history.csv"))
         write_csv([{"step": i, "lr": lr} for i, lr in enumerate(result.lrs)],

@@ -156,7 +156,7 @@ def test_an_empty_class_folder_is_named(tmp_path, leftover):
     assert "raw" not in os.listdir(tmp_path)
 
 
-def test_every_file_in_a_class_folder_is_copied_except_os_junk(tmp_path):
+def test_every_file_in_a_class_folder_is_copied_except_os_junk(tmp_path, capsys):
     src = tmp_path / "src"
     make_image_folders(src, n_train=1, n_test=1)
     (src / "train/happy/notes.txt").write_text("not an image")
@@ -174,6 +174,8 @@ def test_every_file_in_a_class_folder_is_copied_except_os_junk(tmp_path):
         expected_members(1, 1) + ["train/happy/notes.txt", "train/happy/empty.jpg"])
     with zipfile.ZipFile(tmp_path / "raw" / RAW_ARCHIVE) as zf:
         assert zf.read("train/happy/notes.txt") == b"not an image"
+    assert (f"note: {src}: 1 file(s) directly in a split folder, not in a class folder, are "
+            f"left out: train/README.txt") in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- 2. fer2013.csv
@@ -315,10 +317,12 @@ def test_csv_column_names_with_spaces_are_accepted(tmp_path):
     pixels = face_like(6, np.random.default_rng(0))
     text = " ".join(map(str, pixels.ravel()))
     source = tmp_path / "fer2013.csv"
-    source.write_text(f"emotion, Usage, pixels\n6,Training,{text}\n6,PrivateTest,{text}\n")
+    rows = "".join(f"{emotion},Training,{text}\n" for emotion in range(7))
+    source.write_text(f"emotion, Usage, pixels\n{rows}6,PrivateTest,{text}\n")
     counts = fetch_raw(str(source), tmp_path / "none.zip", tmp_path / "raw")
-    assert members(tmp_path / "raw") == ["test/neutral/00001.png", "train/neutral/00000.png"]
-    assert counts["train"] == per_class(0, neutral=1)
+    assert "test/neutral/00007.png" in members(tmp_path / "raw")
+    assert "train/neutral/00006.png" in members(tmp_path / "raw")
+    assert counts["train"] == per_class(1) and counts["test"] == per_class(0, neutral=1)
 
 
 # --------------------------------------------------------------------------- 3. unsafe sources
@@ -423,7 +427,7 @@ def test_zip_caps_are_checked_before_any_member_is_read(tmp_path):
             f"download.max_unpacked_mb = {(size - 1) / 2**20:g} ({size - 1} bytes)"
             in str(err.value))
     # At the caps the members are read, and the damaged one is found only then.
-    with pytest.raises(DataError, match="cannot read: Bad CRC-32"):
+    with pytest.raises(DataError, match="cannot be read: the data are corrupted \\(Bad CRC-32"):
         fetch_raw(str(archive), tmp_path / "none.zip", tmp_path / "raw",
                   max_unpacked_bytes=size, max_members=n)
     assert_nothing_written(tmp_path, ["fer.zip", "src"])
@@ -620,6 +624,20 @@ def server(tmp_path_factory):
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
+            if self.path == "/page.zip":  # a login or error page instead of the archive
+                page = b"<!DOCTYPE html><html><body>Please sign in</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+                return
+            if self.path == "/nolength.zip":  # no Content-Length, cut short, closed
+                self.send_response(200)
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body[:len(body) // 2])
+                self.close_connection = True
+                return
             if self.path not in ("/fer.zip", "/cut.zip"):
                 self.send_error(404)
                 return
@@ -673,6 +691,23 @@ def test_an_http_download_cut_short_leaves_only_the_part_file(tmp_path, server):
     assert_nothing_written(tmp_path, ["data"])
 
 
+@pytest.mark.parametrize("path, reason", [
+    ("page.zip", "not a zip or tar archive; it starts with b'<!DOCTYPE html>"),
+    ("nolength.zip", "not a zip or tar archive"),  # the zip's directory is at its end: missing
+])
+def test_a_download_that_is_not_a_readable_archive_is_never_used(tmp_path, server, path, reason):
+    url, _ = server
+    dest = tmp_path / "data/fer2013.zip"
+    with pytest.raises(DataError) as err:
+        fetch_raw(f"{url}/{path}", dest, tmp_path / "raw")
+    text = str(err.value)
+    assert text.startswith(f"could not download {url}/{path}: what it sent is not a readable zip "
+                           f"or tar archive")
+    assert reason in text and f"the file is kept as {dest}.part" in text
+    assert os.listdir(tmp_path / "data") == ["fer2013.zip.part"]
+    assert_nothing_written(tmp_path, ["data"])
+
+
 def test_an_http_error_leaves_nothing(tmp_path, server):
     url, _ = server
     with pytest.raises(DataError, match="could not download .*/missing.zip: HTTP Error 404"):
@@ -713,3 +748,142 @@ def test_an_offline_kaggle_source_says_where_to_put_the_archive(tmp_path, monkey
     assert f"put the FER2013 archive (the Kaggle zip) at {tmp_path / 'data/fer2013.zip'}" in str(
         err.value)
     assert_nothing_written(tmp_path, [])
+
+
+# --------------------------------------------------------------------------- 7. broken data
+
+
+def tar_members(n_train: int = 1, n_test: int = 1, folder: Path | None = None) -> bytes:
+    """An uncompressed tar of a tiny Kaggle-layout dataset."""
+    buffer = BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                tf.add(path, path.relative_to(folder).as_posix())
+    return buffer.getvalue()
+
+
+def test_a_tar_with_a_zeroed_member_header_is_refused_naming_the_byte(tmp_path):
+    make_image_folders(tmp_path / "src", n_train=2, n_test=1)
+    body = bytearray(tar_members(folder=tmp_path / "src"))
+    with tarfile.open(fileobj=BytesIO(bytes(body))) as tf:
+        third = tf.getmembers()[2]
+    body[third.offset:third.offset + 512] = bytes(512)  # tarfile reads it as the archive's end
+    archive = tmp_path / "fer.tar"
+    archive.write_bytes(bytes(body))
+    with pytest.raises(DataError) as err:
+        fetch_raw(str(archive), tmp_path / "none.zip", tmp_path / "raw")
+    assert str(err.value).startswith(f"{archive}: damaged at byte ")
+    assert f"the archive's listing ends at byte {third.offset}" in str(err.value)
+    assert_nothing_written(tmp_path, ["fer.tar", "src"])
+
+
+def test_a_corrupted_or_truncated_tar_gz_is_refused(tmp_path):
+    make_image_folders(tmp_path / "src", n_train=2, n_test=1)
+    packed = gzip.compress(tar_members(folder=tmp_path / "src"), mtime=0)
+    corrupt = bytearray(packed)
+    for i in range(len(corrupt) // 2, len(corrupt) // 2 + 50):
+        corrupt[i] ^= 0x55
+    (tmp_path / "corrupt.tar.gz").write_bytes(bytes(corrupt))
+    (tmp_path / "cut.tar.gz").write_bytes(packed[:len(packed) // 2])
+    for name, reason in (("corrupt.tar.gz", "cannot read: "), ("cut.tar.gz",
+                         "cannot read: the archive is truncated")):
+        with pytest.raises(DataError) as err:
+            fetch_raw(str(tmp_path / name), tmp_path / "none.zip", tmp_path / "raw")
+        assert str(err.value).startswith(f"{tmp_path / name}: ")
+        assert reason in str(err.value) or "damaged at byte" in str(err.value)
+    assert_nothing_written(tmp_path, ["corrupt.tar.gz", "cut.tar.gz", "src"])
+
+
+def test_password_protected_and_bad_crc_zip_members_are_named(tmp_path):
+    make_image_folders(tmp_path / "src", n_train=1, n_test=1)
+    archive = make_zip(tmp_path / "src", tmp_path / "fer.zip")
+    body = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as zf:
+        first = zf.infolist()[0]
+    body[first.header_offset + 6] |= 0x1  # the local header's "encrypted" flag ...
+    central = body.rfind(b"PK\x01\x02", 0, len(body))
+    central = body.find(b"PK\x01\x02")
+    body[central + 8] |= 0x1  # ... and the central directory's
+    (tmp_path / "locked.zip").write_bytes(bytes(body))
+    with pytest.raises(DataError) as err:
+        fetch_raw(str(tmp_path / "locked.zip"), tmp_path / "none.zip", tmp_path / "raw")
+    assert str(err.value) == (f"{tmp_path / 'locked.zip'}: member '{first.filename}' is "
+                              f"encrypted (password-protected); expected an archive without a "
+                              f"password")
+    with zipfile.ZipFile(tmp_path / "stored.zip", "w", zipfile.ZIP_STORED) as zf:
+        for path in sorted((tmp_path / "src").rglob("*.jpg")):
+            zf.write(path, path.relative_to(tmp_path / "src").as_posix())
+        target = zf.infolist()[3]
+    body = bytearray((tmp_path / "stored.zip").read_bytes())
+    data_at = target.header_offset + 30 + len(target.filename.encode())
+    body[data_at + 100] ^= 0xFF
+    (tmp_path / "crc.zip").write_bytes(bytes(body))
+    with pytest.raises(DataError) as err:
+        fetch_raw(str(tmp_path / "crc.zip"), tmp_path / "none.zip", tmp_path / "raw")
+    assert str(err.value).startswith(f"{tmp_path / 'crc.zip'}: member '{target.filename}' cannot "
+                                     f"be read: the data are corrupted (Bad CRC-32")
+
+
+def test_a_bad_crc_in_images_zip_is_named_by_prepare(tmp_path):
+    make_image_folders(tmp_path / "src", n_train=1, n_test=1)
+    fetch_raw(str(tmp_path / "src"), tmp_path / "none.zip", tmp_path / "raw")
+    archive = tmp_path / "raw" / RAW_ARCHIVE
+    with zipfile.ZipFile(archive) as zf:
+        target = zf.infolist()[2]
+    body = bytearray(archive.read_bytes())
+    body[target.header_offset + 30 + len(target.filename.encode()) + 50] ^= 0xFF
+    archive.write_bytes(bytes(body))
+    with pytest.raises(DataError) as err:
+        decode_archive(archive, workers=2)  # raised in a worker process, re-raised here
+    assert str(err.value).startswith(f"{archive}: member '{target.filename}' cannot be read: "
+                                     f"Bad CRC-32")
+
+
+def test_missing_class_folders_are_listed(tmp_path):
+    make_image_folders(tmp_path / "src", n_train=1, n_test=1)
+    shutil.rmtree(tmp_path / "src/train/disgust")
+    shutil.rmtree(tmp_path / "src/train/fear")
+    with pytest.raises(DataError) as err:
+        fetch_raw(str(tmp_path / "src"), tmp_path / "none.zip", tmp_path / "raw")
+    assert str(err.value) == (f"{tmp_path / 'src'}: the train split has no disgust, no fear "
+                              f"images; expected all 7 classes {list(CLASS_NAMES)}")
+    assert_nothing_written(tmp_path, ["src"])
+
+
+@pytest.mark.parametrize("stray, message", [
+    ("train/happy/more/extra.jpg", "an image in a subfolder of a class folder"),
+    ("test/sad/2020/b/extra.jpg", "an image in a subfolder of a class folder"),
+])
+def test_images_in_subfolders_of_class_folders_are_refused(tmp_path, stray, message):
+    make_image_folders(tmp_path / "src", n_train=1, n_test=1)
+    (tmp_path / "src" / stray).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tmp_path / "src/train/happy/train_happy_0.jpg", tmp_path / "src" / stray)
+    for source in (tmp_path / "src", make_zip(tmp_path / "src", tmp_path / "fer.zip")):
+        with pytest.raises(DataError) as err:
+            fetch_raw(str(source), tmp_path / "none.zip", tmp_path / "raw")
+        assert str(err.value).startswith(f"{source / stray}: {message}")
+
+
+def test_a_file_name_that_is_not_utf8_is_named(tmp_path):
+    make_image_folders(tmp_path / "src", n_train=1, n_test=1)
+    bad = os.fsencode(tmp_path / "src/train/happy") + b"/caf\xe9.jpg"
+    with open(bad, "wb") as fh:
+        fh.write((tmp_path / "src/train/happy/train_happy_0.jpg").read_bytes())
+    with pytest.raises(DataError) as err:
+        fetch_raw(str(tmp_path / "src"), tmp_path / "none.zip", tmp_path / "raw")
+    assert str(err.value) == (f"{tmp_path / 'src'}: file name 'train/happy/caf\ufffd.jpg' is not "
+                              f"valid UTF-8; rename it")
+
+
+def test_the_download_stage_prints_one_line_and_no_traceback(tmp_path):
+    make_image_folders(tmp_path / "src", n_train=1, n_test=1)
+    shutil.rmtree(tmp_path / "src/train/angry")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["download"].update(source=str(tmp_path / "src"), local_archive="none.zip")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/download.py")], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"error: {tmp_path / 'src'}: the train split has no angry images; "
+                           f"expected all 7 classes {list(CLASS_NAMES)}\n")
