@@ -1,8 +1,12 @@
 """Predicting on photos: TTA views, face detection on a real photo, cropping, the CLI."""
 
+import io
 import json
+import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +186,101 @@ def test_served_model_takes_0_255_pixels_and_names_the_classes(checkpoint):
         to_pixels(np.zeros((1, 2304)), 48)
     with pytest.raises(ValueError, match="expected pixel values 0-255 .not normalized.; got -1"):
         to_pixels(np.full((1, 48, 48), -1.0), 48)
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--tta-crop", "0", "argument --tta-crop: expected 1 or more, got 0"),
+    ("--tta-crop", "60", "--tta-crop: 60 pixels is larger than the model's 48-pixel input"),
+    ("--margin", "-1", "argument --margin: expected 0.0 and 2.0, got -1"),
+    ("--margin", "lots", "argument --margin: expected a number, got 'lots'"),
+    ("--max-side", "-5", "argument --max-side: expected 0 or more, got -5"),
+    ("--min-face", "3", "argument --min-face: expected 0.0 and 1.0, got 3"),
+])
+def test_bad_options_are_usage_errors_before_any_file_is_read(checkpoint, photos, capsys,
+                                                              option, value, message):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(photos / "astronaut.png"), "--model", str(checkpoint), option, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr()
+    assert message in err.err and "Traceback" not in err.err and err.out == ""
+
+
+def test_an_annotate_target_that_is_a_file_is_a_usage_error(checkpoint, photos, tmp_path, capsys):
+    target = tmp_path / "out.png"
+    target.write_bytes(b"mine")
+    with pytest.raises(SystemExit):
+        main([str(photos / "astronaut.png"), "--model", str(checkpoint), "--annotate",
+              str(target)])
+    assert f"--annotate: {target} exists and is not a folder" in capsys.readouterr().err
+    assert target.read_bytes() == b"mine"
+
+
+def test_bad_files_are_error_lines_and_the_others_go_on(checkpoint, photos, tmp_path, capsys):
+    huge = tmp_path / "huge.png"
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    png = bytearray(buffer.getvalue())
+    png[16:24] = struct.pack(">II", 20_000, 20_000)  # the header claims 20000 x 20000 pixels
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    huge.write_bytes(bytes(png))
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    code = main([str(huge), str(fifo), str(photos / "crop48.png"), "--model", str(checkpoint),
+                 "--json"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 1
+    assert lines[0]["file"] == str(huge) and lines[0]["error"].startswith(
+        "cannot read image: too large")
+    assert lines[1] == {"file": str(fifo), "error": "not a regular file"}
+    assert lines[2]["whole_image"] is True and "error" not in lines[2]
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "cannot be read as a checkpoint"),
+    (os.urandom(256), "cannot be read as a checkpoint"),
+    ("state_dict", "not a checkpoint of the train stage (a dict with state_dict, class_names, "
+                   "mean, std, image_size, model); missing ['state_dict', 'class_names', 'mean', "
+                   "'std', 'image_size', 'model']"),
+    ("std0", "normalization mean 0.5, std 0.0; expected finite values and std > 0"),
+])
+def test_checkpoint_problems_are_one_line_naming_the_file(checkpoint, tmp_path, capsys, content,
+                                                          reason):
+    bad = tmp_path / "model.pt"
+    if content == "state_dict":  # a plain state_dict, as torch.save(model.state_dict()) writes
+        torch.save(Classifier.from_checkpoint(checkpoint).model.state_dict(), bad)
+    elif content == "std0":
+        ckpt = torch.load(checkpoint, weights_only=True)
+        torch.save({**ckpt, "std": 0.0}, bad)
+    else:
+        bad.write_bytes(content)
+    assert main(["x.jpg", "--model", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: ") and reason in err
+    assert len(err.splitlines()) == 1 and "weights_only=False" not in err
+
+
+def test_predict_decodes_photos_as_prepare_decodes_training_images(tmp_path):
+    """One decode function: EXIF orientation and 16-bit scaling agree with prepare's."""
+    from ferpipe.decode import decode_image
+    from ferpipe.predict import load_gray
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (48, 64), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    rotated = tmp_path / "rotated.jpg"
+    Image.fromarray(pixels).save(rotated, exif=exif, quality=100)
+    _, gray = load_gray(rotated)
+    assert gray.shape == (64, 48)  # upright
+    prepared, _ = decode_image(rotated.read_bytes(), size=48)
+    expected = np.asarray(Image.fromarray(gray).resize((48, 48), Image.BILINEAR))
+    np.testing.assert_array_equal(prepared, expected)
+    wide = tmp_path / "wide.png"
+    Image.fromarray((rng.integers(0, 65536, (48, 48))).astype(np.uint16)).save(wide)
+    _, gray16 = load_gray(wide)
+    np.testing.assert_array_equal(gray16, decode_image(wide.read_bytes())[0])
+    assert gray16.max() > 200  # scaled from 16 bits, not clipped to 255 and collapsed
+    assert len(np.unique(gray16)) > 100
