@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -87,13 +88,21 @@ def load_split(path: str | Path) -> dict[str, np.ndarray]:
     """Load a prepared split: `images` uint8 (N, 48, 48), `labels` int64 (N,), `files` str (N,).
 
     Raises:
-        DataError: the file is missing.
+        DataError: the file is missing, unreadable, or lacks `images` or `labels`.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: prepared split not found (run the prepare stage)")
-    with np.load(path, allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a readable prepared split ({err}); run the prepare stage "
+                        f"again (dvc repro -f prepare)") from None
+    if "images" not in arrays or "labels" not in arrays:
+        raise DataError(f"{path}: holds {sorted(arrays)}; expected images and labels (a split "
+                        f"written by the prepare stage)")
+    return arrays
 
 
 # --------------------------------------------------------------------------- stats
@@ -129,8 +138,11 @@ def write_json(obj: dict, path: str | Path) -> None:
 
 
 def read_json(path: str | Path) -> dict:
-    """Read a JSON file; raises DataError naming the file when it is missing."""
+    """Read a JSON file; raises DataError naming the file when it is missing or not JSON."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: not found")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:
+        raise DataError(f"{path}: not readable JSON ({err})") from None

@@ -159,6 +159,9 @@ class Outputs:
         with _naming(dest):
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod(0o777 & ~umask)  # as mkdir would make it (mkdtemp makes it private)
         self._folders.append((tmp, dest, stage, names))
         return tmp
 

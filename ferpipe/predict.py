@@ -190,7 +190,7 @@ def load_classifier(ref: str) -> Classifier:
     used; the store is the repo's, see `ferpipe.tracking`).
 
     Raises:
-        FileNotFoundError: no such checkpoint file.
+        CheckpointError: no such checkpoint file, or one that is not a checkpoint.
         ValueError: an MLflow URI that cannot be resolved.
     """
     if not re.match(r"^(models|runs):/", ref):

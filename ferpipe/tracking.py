@@ -25,7 +25,7 @@ from typing import Any
 import mlflow
 from filelock import FileLock
 
-from ferpipe.data import read_json, write_json
+from ferpipe.data import DataError, read_json, write_json
 from ferpipe.params import flatten
 
 
@@ -116,11 +116,11 @@ def resume_run(ref_path: str | Path) -> Iterator[mlflow.ActiveRun]:
     """Reopen the run named in `ref_path` (written by the train stage) to log more into it.
 
     Raises:
-        FileNotFoundError: `ref_path` is missing (run the train stage first).
+        DataError: `ref_path` is missing (run the train stage first).
     """
     ref_path = Path(ref_path)
     if not ref_path.is_file():
-        raise FileNotFoundError(f"{ref_path}: MLflow run reference not found (run train first)")
+        raise DataError(f"{ref_path}: MLflow run reference not found (run the train stage first)")
     ref = read_json(ref_path)
     setup(ref["experiment"])
     with mlflow.start_run(run_id=ref["run_id"]) as run:

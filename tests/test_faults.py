@@ -85,8 +85,11 @@ def test_killed_training_resumes_from_the_last_completed_epoch(repo):
     finally:
         dvc.kill()
     assert dvc.returncode != 0, out
-    assert torch.load(resume_file, weights_only=True)["epoch"] == done
-    run_id = json.loads((r / "models/mlflow_run.json").read_text())["run_id"]
+    state = torch.load(resume_file, weights_only=True)
+    assert state["epoch"] == done
+    run_id = state["extra"]["run_id"]
+    # All outputs or none: the killed stage left its earlier outputs, not half of new ones.
+    assert not (r / "models/mlflow_run.json").exists() and not (r / "models/model.pt").exists()
 
     out = sh(["dvc", "repro"], r, env)
     assert f"resuming after epoch {done}/{EPOCHS}" in out

@@ -2,6 +2,7 @@
 their own folders, and write all their outputs or none."""
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +157,9 @@ def test_all_outputs_or_none(tmp_path):
         outs.file(tmp_path / "metrics.json").write_text("new")
     assert (tmp_path / "out/a.npz").read_text() == "new"
     assert (tmp_path / "metrics.json").read_text() == "new"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask
     assert sorted(p.name for p in tmp_path.rglob("*")) == [MANIFEST, "a.npz", "metrics.json",
                                                           "out"]
 
