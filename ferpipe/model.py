@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +133,14 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling, zip and torch errors of a file that is not ours
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        text = str(err).strip()
+        if not zipfile.is_zipfile(path):
+            reason = "not a file written by torch.save, which writes a zip archive"
+        elif "Weights only load failed" in text or isinstance(err, pickle.UnpicklingError):
+            # torch's own text suggests weights_only=False, which would run arbitrary code
+            reason = "it holds objects other than tensors and plain values"
+        else:
+            reason = text.splitlines()[0][:120] if text else type(err).__name__
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({reason}); expected "
                               f"{must}") from None
     if not isinstance(ckpt, dict) or any(not isinstance(ckpt.get(k), (float, int) if t is float
