@@ -179,6 +179,8 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
     """One line for one pydantic error: the dotted key, the bad value, and what is allowed."""
     loc = [str(part) for part in err["loc"]]
     key = ".".join(loc)
+    if len(key) > 60 or not key.isprintable():  # an unknown key is the user's text too
+        key = shorten(key, 60)
     got = shorten(err.get("input"))
     if err["type"] == "extra_forbidden":
         owner: Any = model

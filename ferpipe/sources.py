@@ -15,10 +15,12 @@ before anything is read.
 from __future__ import annotations
 
 import csv
+import lzma
 import re
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from io import BytesIO, TextIOWrapper
 from pathlib import Path, PurePosixPath
@@ -50,6 +52,15 @@ MAX_UNPACKED_BYTES = 2048 * 2**20
 MAX_MEMBERS = 200_000
 
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+#: What reading a damaged archive raises: zipfile's, tarfile's and the decompressors' errors
+#: (zlib, bz2 (OSError), lzma), a truncated stream (EOFError) and an unsupported zip compression
+#: method (NotImplementedError).
+ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error,
+                  lzma.LZMAError, NotImplementedError)
+
+#: Magic bytes of the compressions tarfile reads (gzip, bzip2, xz).
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 
 #: What a file-type mode other than a regular file or a folder is, for error messages.
 _SPECIAL_KINDS = {stat.S_IFLNK: "a symlink", stat.S_IFCHR: "a character device",
@@ -148,12 +159,12 @@ def list_files(source: Path, max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
                 _check_caps(source, count, size, max_members, max_unpacked_bytes, False)
         elif zipfile.is_zipfile(source):
             _list_zip(source, files, folders, max_unpacked_bytes, max_members)
-        elif tarfile.is_tarfile(source):
+        elif tarfile.is_tarfile(source) or _looks_compressed(source):
             _list_tar(source, files, folders, max_unpacked_bytes, max_members)
         else:
             raise DataError(f"{source}: expected a .zip, .tar or .tar.gz archive, a "
                             f"{CSV_NAME} or a folder; {_first_bytes(source)}")
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as err:
+    except ARCHIVE_ERRORS as err:
         raise DataError(f"{source}: cannot read: {_reason(err)}") from err
     return Listing(files, folders)
 
@@ -165,6 +176,13 @@ def _reason(err: BaseException) -> str:
     if "CRC" in str(err):
         return f"the data are corrupted ({err})"
     return str(err) or type(err).__name__
+
+
+def _looks_compressed(path: Path) -> bool:
+    """Whether a file starts as a gzip, bzip2 or xz stream (a compressed tar that
+    `tarfile.is_tarfile` could not read is then reported with tarfile's reason)."""
+    with open(path, "rb") as fh:
+        return fh.read(6).startswith(_COMPRESSED_MAGIC)
 
 
 def _first_bytes(path: Path) -> str:
@@ -219,7 +237,7 @@ def _list_zip(source: Path, files: dict, folders: set, max_unpacked_bytes: int,
                 continue
             try:
                 data = zf.read(info)
-            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as err:
+            except (*ARCHIVE_ERRORS, RuntimeError, ValueError) as err:
                 raise DataError(f"{source}: member '{info.filename}' cannot be read: "
                                 f"{_reason(err)}") from err
             files[member] = lambda data=data: data
@@ -254,13 +272,17 @@ def _list_tar(source: Path, files: dict, folders: set, max_unpacked_bytes: int,
                                 f"archive's listing ends at byte {end} but data follow (a "
                                 f"corrupted member header?)")
             position += len(block)
+        if position - end < 2 * tarfile.BLOCKSIZE:
+            raise DataError(f"{source}: truncated: it ends at byte {position} without the "
+                            f"end-of-archive marker (two empty 512-byte blocks) after member "
+                            f"'{members[-1][0].name if members else ''}'")
         for info, member in members:  # in stream order: a .tar.gz is read once more
             if info.isdir():
                 folders.add(member)
             else:
                 try:
                     data = tf.extractfile(info).read()
-                except (tarfile.TarError, OSError, EOFError) as err:
+                except ARCHIVE_ERRORS as err:
                     raise DataError(f"{source}: member '{info.name}' cannot be read: "
                                     f"{_reason(err)}") from err
                 files[member] = lambda data=data: data
@@ -425,7 +447,7 @@ def csv_members(lines: Iterable[str], where: str) -> dict[str, bytes]:
         for row in reader:
             at = f"{where}: line {reader.line_num} (row {len(rows)})"
             emotion, usage = (row["emotion"] or "").strip(), (row["Usage"] or "").strip()
-            if not emotion.isdigit() or int(emotion) >= len(CSV_CLASSES):
+            if not re.fullmatch(r"[0-9]{1,3}", emotion) or int(emotion) >= len(CSV_CLASSES):
                 raise DataError(f"{at}: column 'emotion' is '{emotion}'; expected 0-6 ("
                                 + ", ".join(f"{i} {c}" for i, c in enumerate(CSV_CLASSES)) + ")")
             if usage not in CSV_USAGE:
