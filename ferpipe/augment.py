@@ -10,7 +10,12 @@ rotation, the max rotation in degrees (uniform in [-rotation, rotation]); transl
 shift as a fraction of the image side; scale, the max zoom change (uniform in [1 - scale,
 1 + scale]); brightness and contrast, the max jitter factor (uniform in [1 - b, 1 + b], as
 torchvision's ColorJitter); erasing, the probability of random erasing per image (area 2-33% of
-the image, aspect ratio 0.3-3.3).
+the image, aspect ratio 0.3-3.3); crop, the side of a random crop taken from each image (the
+40-44 pixel crops of the strongest from-scratch FER2013 results, e.g. Khaireddin & Chen 2021,
+"Facial Emotion Recognition: State of the Art Performance on FER2013", arXiv:2105.03588);
+mixup_alpha, cutmix_alpha and mix_prob, mixup (Zhang et al. 2018, "mixup: Beyond Empirical Risk
+Minimization", ICLR) and CutMix (Yun et al. 2019, "CutMix", ICCV) on whole batches, through
+torchvision's `transforms.v2.MixUp` / `CutMix` (`mix_batch`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 from ferpipe.params import Augment
 
@@ -45,8 +51,8 @@ def augment_batch(images: torch.Tensor, cfg: Augment, mean: float, std: float,
         gen: random generator on the same device as `images`.
 
     Returns:
-        float32 tensor (B, 1, H, W), normalized: (pixel / 255 - mean) / std, where erased
-        regions are 0 (the dataset mean).
+        float32 tensor (B, 1, S, S), S = `cfg.crop` (H when crop >= H), normalized:
+        (pixel / 255 - mean) / std, where erased regions are 0 (the dataset mean).
     """
     b, h, w = images.shape
     dev = images.device
@@ -63,6 +69,7 @@ def augment_batch(images: torch.Tensor, cfg: Augment, mean: float, std: float,
     if cfg.rotation or cfg.scale or cfg.translate or cfg.hflip:
         grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    x = random_crop(x, cfg.crop, gen)
 
     # Brightness (multiply) and contrast (blend with the image mean), as ColorJitter.
     if cfg.brightness:
@@ -107,3 +114,50 @@ def random_erasing(x: torch.Tensor, p: float, gen: torch.Generator,
             & (xs >= left.view(b, 1, 1)) & (xs < (left + ew).view(b, 1, 1))
             & apply.view(b, 1, 1))
     return x.masked_fill(mask.unsqueeze(1), 0.0)
+
+
+def random_crop(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """A random `size` x `size` window of each image, its offset uniform over the valid ones.
+
+    Args:
+        x: float (B, C, H, W). size: crop side, pixels (>= H and W: `x` is returned as it is).
+
+    Returns:
+        float (B, C, size, size).
+    """
+    b, c, h, w = x.shape
+    if size >= h and size >= w:
+        return x
+    dev = x.device
+    top = (torch.rand(b, generator=gen, device=dev) * (h - size + 1)).long().clamp_(max=h - size)
+    left = (torch.rand(b, generator=gen, device=dev) * (w - size + 1)).long().clamp_(max=w - size)
+    steps = torch.arange(size, device=dev)
+    rows = (top[:, None] + steps).view(b, 1, size, 1)
+    cols = (left[:, None] + steps).view(b, 1, 1, size)
+    return x[torch.arange(b, device=dev).view(b, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1),
+             rows, cols]
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: Augment, num_classes: int,
+              gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or CutMix on a normalized batch, with probability `cfg.mix_prob`.
+
+    The coin flip and the choice between the two (when both alphas are on) come from `gen`;
+    the mixing weight comes from torchvision's transform (torch's global RNG, saved in the resume
+    checkpoint). Each image is mixed with its neighbour in the batch (torchvision's convention;
+    the batch order is already random).
+
+    Args:
+        x: float (B, C, H, W). y: int64 (B,) class indices.
+
+    Returns:
+        (images float (B, C, H, W), targets float (B, num_classes) summing to 1 per row); the
+        targets are one-hot when the batch is not mixed.
+    """
+    choices = [(transform, alpha) for transform, alpha in ((v2.MixUp, cfg.mixup_alpha),
+                                                           (v2.CutMix, cfg.cutmix_alpha)) if alpha]
+    flips = torch.rand(2, generator=gen, device=gen.device).tolist()
+    if not choices or flips[0] >= cfg.mix_prob:
+        return x, F.one_hot(y, num_classes).float()
+    transform, alpha = choices[int(flips[1] * len(choices))]
+    return transform(alpha=alpha, num_classes=num_classes)(x, y)

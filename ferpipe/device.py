@@ -98,6 +98,8 @@ class StepContext:
         mean, std: pixel normalization, [0, 1] units.
         amp_dtype: autocast dtype, or None for fp32.
         channels_last: pass batches in `channels_last` memory format (as the model).
+        input_size: the side of the model's input, pixels, when it was trained on crops
+            smaller than the images (`augment.crop`); None: the images' own size.
     """
 
     device: torch.device
@@ -105,6 +107,7 @@ class StepContext:
     std: float
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
+    input_size: int | None = None
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Put a normalized float batch (B, 1, H, W) in the model's memory format."""

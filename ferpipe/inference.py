@@ -29,47 +29,64 @@ from torchvision.transforms.v2 import functional as TF
 from ferpipe.augment import normalize
 from ferpipe.device import StepContext, autocast
 
+#: Ten-crop side for a model trained on whole images, pixels (of 48).
+WHOLE_IMAGE_TEN_CROP = 44
 
-def tta_views(x: torch.Tensor, mode: str = "none", crop: int = 44) -> Iterator[torch.Tensor]:
-    """The views of a normalized batch that TTA averages over.
+
+def tta_views(x: torch.Tensor, mode: str = "none", crop: int | None = None,
+              input_size: int | None = None) -> Iterator[torch.Tensor]:
+    """The views of a normalized batch that TTA averages over, at the model's input size.
+
+    A model trained on random crops (`augment.crop`) sees the centre crop (`none`), the centre
+    crop and its mirror image (`hflip`), or ten crops of the same side (`ten_crop`); a model
+    trained on whole images sees the whole image, or ten 44-pixel crops resized back.
 
     Args:
         x: float (B, 1, H, W).
         mode: one of `params.TTA_MODES`.
-        crop: side of the ten-crop crops, pixels (at most H and W).
+        crop: side of the ten-crop crops, pixels (None: `input_size` when the model was trained
+            on crops, else WHOLE_IMAGE_TEN_CROP); resized to the input size when they differ.
+        input_size: the model's input side, pixels (None: H).
 
     Yields:
-        float (B, 1, H, W) views: 1 for none, 2 for hflip, 10 for ten_crop.
+        float (B, 1, S, S) views, S = the input size: 1 for none, 2 for hflip, 10 for ten_crop.
 
     Raises:
-        ValueError: a crop larger than the image, or a mode that is not one of TTA_MODES.
+        ValueError: a crop or input size larger than the image, or a mode not in TTA_MODES.
     """
-    size = list(x.shape[-2:])
+    height, width = x.shape[-2:]
+    side = input_size or height
+    if crop is None:
+        crop = side if side < min(height, width) else WHOLE_IMAGE_TEN_CROP
+    if not 0 < side <= min(height, width) or not 0 < crop <= min(height, width):
+        raise ValueError(f"tta: a {crop}-pixel crop or {side}-pixel input does not fit a "
+                         f"{height}x{width} image")
+    centre = TF.center_crop(x, [side, side]) if side < max(height, width) else x
     if mode == "none":
-        yield x
+        yield centre
     elif mode == "hflip":
-        yield x
-        yield TF.horizontal_flip(x)
+        yield centre
+        yield TF.horizontal_flip(centre)
     elif mode == "ten_crop":
-        if not 0 < crop <= min(size):
-            raise ValueError(f"tta crop: {crop} pixels does not fit a {size[0]}x{size[1]} image")
         for view in TF.ten_crop(x, [crop, crop]):
-            yield F.interpolate(view, size=size, mode="bilinear", align_corners=False)
+            yield view if crop == side else F.interpolate(view, size=[side, side],
+                                                          mode="bilinear", align_corners=False)
     else:
         raise ValueError(f"unknown TTA mode {mode!r}")
 
 
 @torch.no_grad()
 def predict_log_proba(model: nn.Module, images: np.ndarray | torch.Tensor, ctx: StepContext,
-                      tta: str = "none", crop: int = 44, batch_size: int = 512) -> torch.Tensor:
+                      tta: str = "none", crop: int | None = None, batch_size: int = 512
+                      ) -> torch.Tensor:
     """Log-probabilities of uint8 images, the softmax averaged over the TTA views.
 
     The model is put in eval mode; batches are normalized with `ctx.mean`/`ctx.std`, moved to
     `ctx.device`, put in the model's memory format and run under `ctx`'s autocast dtype.
 
     Args:
-        images: uint8 (N, H, W) pixels 0-255, the size the model was trained on, on any device.
-        tta, crop: see `tta_views`.
+        images: uint8 (N, H, W) pixels 0-255, the prepared size (48), on any device.
+        tta, crop: see `tta_views` (the input size is `ctx.input_size`).
         batch_size: images per forward pass.
 
     Returns:
@@ -82,7 +99,7 @@ def predict_log_proba(model: nn.Module, images: np.ndarray | torch.Tensor, ctx: 
     for start in range(0, len(images), batch_size):
         x = normalize(images[start:start + batch_size].to(ctx.device), ctx.mean, ctx.std)
         views = []
-        for view in tta_views(x, tta, crop):
+        for view in tta_views(x, tta, crop, ctx.input_size):
             with autocast(ctx.device, ctx.amp_dtype):
                 logits = model(ctx.prepare(view))
             views.append(F.log_softmax(logits.float(), dim=1))
@@ -92,14 +109,37 @@ def predict_log_proba(model: nn.Module, images: np.ndarray | torch.Tensor, ctx: 
     return torch.cat(out) if out else torch.empty(0)
 
 
+def adjust_logits(logits: torch.Tensor, class_counts: list[int] | None, tau: float
+                  ) -> torch.Tensor:
+    """Post-hoc logit adjustment: `logits - tau * log(prior)`, prior = the training class
+    frequencies (Menon et al. 2021, "Long-tail learning via logit adjustment", ICLR, eq. 10),
+    which trades accuracy on frequent classes for recall on rare ones (disgust).
+
+    Args:
+        logits: float (N, C) logits or log-probabilities.
+        class_counts: training images per class (C,); None or tau 0: `logits` unchanged.
+        tau: the adjustment's strength (1 is the paper's Bayes-optimal choice for balanced
+            error); choose it on val.
+
+    Returns:
+        float (N, C).
+    """
+    if not tau or not class_counts:
+        return logits
+    counts = torch.tensor(class_counts, dtype=torch.float32).clamp_min(1)
+    return logits - tau * (counts / counts.sum()).log().to(logits.device)
+
+
 @dataclass
 class Classifier:
     """A trained model with what it needs to classify raw pixels.
 
     Attributes:
         model: the network in eval mode, `channels_last`. class_names: output order.
-        ctx: CPU, fp32, the checkpoint's normalization ([0, 1] units). image_size: input side,
-        pixels. source: where it was loaded from.
+        ctx: CPU, fp32, the checkpoint's normalization ([0, 1] units) and input size (the
+        training crop). image_size: the side of the images it takes (the prepared images),
+        pixels. source: where it was loaded from. class_counts: training images per class
+        (None in checkpoints written before they were recorded).
     """
 
     model: nn.Module
@@ -107,6 +147,7 @@ class Classifier:
     ctx: StepContext
     image_size: int
     source: str
+    class_counts: list[int] | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> Classifier:
@@ -120,11 +161,15 @@ class Classifier:
 
         model, ckpt = load_checkpoint(path)
         model = model.to(memory_format=torch.channels_last)
+        size = int(ckpt["image_size"])
+        input_size = int(ckpt.get("input_size", size))
         ctx = StepContext(torch.device("cpu"), float(ckpt["mean"]), float(ckpt["std"]),
-                          channels_last=True)
-        return cls(model, list(ckpt["class_names"]), ctx, int(ckpt["image_size"]), str(path))
+                          channels_last=True, input_size=input_size if input_size < size else None)
+        counts = ckpt.get("class_counts")
+        return cls(model, list(ckpt["class_names"]), ctx, size, str(path),
+                   [int(n) for n in counts] if counts else None)
 
-    def predict(self, images: np.ndarray, tta: str = "none", crop: int = 44,
+    def predict(self, images: np.ndarray, tta: str = "none", crop: int | None = None,
                 batch_size: int = 256) -> np.ndarray:
         """Probabilities float32 (N, C) for uint8 images (N, image_size, image_size)."""
         return predict_log_proba(self.model, images, self.ctx, tta, crop, batch_size).exp().numpy()

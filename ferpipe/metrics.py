@@ -1,4 +1,5 @@
-"""Test-set metrics with scikit-learn: accuracy, macro/weighted F1, top-k accuracy, per class."""
+"""Test-set metrics with scikit-learn: accuracy, balanced accuracy, macro/weighted F1, top-k accuracy,
+per class."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import (
     accuracy_score,
+    balanced_accuracy_score,
     classification_report,
     f1_score,
     precision_recall_fscore_support,
@@ -25,7 +27,8 @@ def classification_metrics(logits: np.ndarray | torch.Tensor, labels: np.ndarray
         labels: int64 (N,) true class indices.
 
     Returns:
-        accuracy, macro_f1, weighted_f1, top2_accuracy (fractions in [0, 1]), loss (mean
+        accuracy, balanced_accuracy (mean per-class recall), macro_f1, weighted_f1,
+        top2_accuracy (fractions in [0, 1]), loss (mean
         cross-entropy, nats), n (images), and per_class: {name: {precision, recall, f1, support}}.
     """
     logits_t = torch.as_tensor(logits, dtype=torch.float32)
@@ -36,6 +39,7 @@ def classification_metrics(logits: np.ndarray | torch.Tensor, labels: np.ndarray
         labels, pred, labels=classes, zero_division=0)
     return {
         "accuracy": float(accuracy_score(labels, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
         "macro_f1": float(f1_score(labels, pred, labels=classes, average="macro",
                                    zero_division=0)),
         "weighted_f1": float(f1_score(labels, pred, labels=classes, average="weighted",

@@ -29,6 +29,7 @@ Optimizer = Literal["adamw", "sgd"]
 AmpMode = Literal["auto", "bf16", "fp16", "none"]
 ClassWeights = Literal["none", "inverse_frequency"]
 TtaMode = Literal["none", "hflip", "ten_crop"]
+Scheduler = Literal["one_cycle", "plateau"]
 
 #: ResNet18 stems (see `ferpipe.model.build_model`).
 STEMS: tuple[str, ...] = get_args(Stem)
@@ -37,6 +38,7 @@ AMP_MODES: tuple[str, ...] = get_args(AmpMode)
 CLASS_WEIGHTS: tuple[str, ...] = get_args(ClassWeights)
 #: Test-time augmentation modes (see `ferpipe.inference.tta_views`).
 TTA_MODES: tuple[str, ...] = get_args(TtaMode)
+SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 
 #: The largest seed: numpy and scikit-learn take seeds in 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
@@ -113,6 +115,10 @@ class Augment(_Section):
     brightness: Annotated[Float, Field(ge=0, lt=1)]
     contrast: Annotated[Float, Field(ge=0, lt=1)]
     erasing: Probability
+    crop: Annotated[Int, Field(ge=8, le=1024)]
+    mixup_alpha: NonNegative
+    cutmix_alpha: NonNegative
+    mix_prob: Probability
 
 
 class Train(_Section):
@@ -129,6 +135,10 @@ class Train(_Section):
     pct_start: Fraction
     grad_clip: NonNegative
     label_smoothing: Annotated[Float, Field(ge=0, lt=1)]
+    ema_decay: Annotated[Float, Field(ge=0, lt=1)]
+    scheduler: Scheduler
+    plateau_patience: Annotated[Int, Field(ge=0)]
+    plateau_factor: Fraction
     class_weights: ClassWeights
     seed: Seed
     device: Device
@@ -141,12 +151,14 @@ class Train(_Section):
 
 class Evaluate(_Section):
     test: Path_
+    val: Path_
     model: Path_
     run: Path_
     batch_size: Count
     device: Device
     tta: TtaMode
-    tta_crop: Annotated[Int, Field(ge=8, le=1024)]
+    tta_crop: Annotated[Int, Field(ge=8, le=1024)] | None = None
+    logit_adjustment: NonNegative
     registry: Bool
     registry_name: Annotated[str, Field(min_length=1)]
     registry_alias: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")]
@@ -223,9 +235,11 @@ def validate_params(raw: Any, path: str | Path = DEFAULT_PARAMS) -> Params:
         raise ParamsError("\n".join(f"{path}: {_describe(e, Params)}" for e in err.errors())
                           ) from None
     problems = output_conflicts(*stage_outputs_of(params))
-    if params.evaluate.tta_crop > params.prepare.image_size:
-        problems.append(f"evaluate.tta_crop: got {params.evaluate.tta_crop}; expected at most "
-                        f"prepare.image_size = {params.prepare.image_size} pixels")
+    for key, size in (("evaluate.tta_crop", params.evaluate.tta_crop),
+                      ("augment.crop", params.augment.crop)):
+        if size is not None and size > params.prepare.image_size:
+            problems.append(f"{key}: got {size}; expected at most prepare.image_size = "
+                            f"{params.prepare.image_size} pixels")
     if problems:
         raise ParamsError("\n".join(f"{path}: {line}" for line in problems))
     return params

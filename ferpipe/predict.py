@@ -161,7 +161,7 @@ class Predictor:
     detector: FaceDetector = field(default_factory=FaceDetector)
     margin: float = 0.1
     tta: str = "none"
-    tta_crop: int = 44
+    tta_crop: int | None = None
 
     def predict_image(self, gray: np.ndarray, name: str) -> list[Prediction]:
         """Predictions for every face of a grayscale uint8 (H, W) image, largest face first; the
@@ -314,9 +314,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="write copies of the images with boxes and labels to DIR (PNG)")
     parser.add_argument("--tta", choices=TTA_MODES, default="none",
                         help="test-time augmentation (default %(default)s)")
-    parser.add_argument("--tta-crop", type=_bounded(int, 1), default=44,
-                        help="ten-crop side, pixels, at most the model's input size "
-                             "(default %(default)s)")
+    parser.add_argument("--tta-crop", type=_bounded(int, 1), default=None,
+                        help="ten-crop side, pixels, at most the model's image size (default: "
+                             "the model's training crop, or 44 for a model trained on whole "
+                             "images)")
     parser.add_argument("--margin", type=_bounded(float, 0.0, 2.0), default=0.1,
                         help="added around each face box on every side, fraction of its side "
                              "(default %(default)s)")
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError, FerpipeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.tta_crop > predictor.classifier.image_size:
+    if args.tta_crop is not None and args.tta_crop > predictor.classifier.image_size:
         parser.error(f"--tta-crop: {args.tta_crop} pixels is larger than the model's "
                      f"{predictor.classifier.image_size}-pixel input")
     names = predictor.classifier.class_names

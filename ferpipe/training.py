@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from ferpipe.augment import augment_batch
+from ferpipe.augment import augment_batch, mix_batch
 from ferpipe.data import CLASS_NAMES
 from ferpipe.device import StepContext, autocast
 from ferpipe.distributed import Dist, all_reduce, gather_states, shard_indices, wrap_model
@@ -79,12 +80,17 @@ def make_loss(labels: np.ndarray, cfg: Train, device: torch.device) -> nn.Module
 
 @dataclass
 class Recipe:
-    """The optimizer, LR schedule, loss and (fp16 only) GradScaler of one training run."""
+    """The optimizer, LR schedule, loss and (fp16 only) GradScaler of one training run.
+
+    `scheduler` is stepped after every optimizer step when `per_step` (one-cycle), else once per
+    epoch with the validation loss (`ReduceLROnPlateau`).
+    """
 
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: Any
     loss_fn: nn.Module
     scaler: torch.amp.GradScaler | None
+    per_step: bool = True
 
 
 def make_recipe(model: nn.Module, cfg: Train, labels: np.ndarray, ctx: StepContext,
@@ -97,9 +103,24 @@ def make_recipe(model: nn.Module, cfg: Train, labels: np.ndarray, ctx: StepConte
         total_steps: optimizer steps of the whole run (epochs x steps per epoch).
     """
     optimizer = make_optimizer(model, cfg)
-    scheduler = one_cycle(optimizer, cfg.lr, total_steps, cfg.pct_start)
+    if cfg.scheduler == "plateau":
+        # Seed 002's recipe: a constant LR cut by plateau_factor when val loss stops falling.
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+    else:
+        scheduler = one_cycle(optimizer, cfg.lr, total_steps, cfg.pct_start)
     scaler = torch.amp.GradScaler("cuda") if ctx.amp_dtype == torch.float16 else None
-    return Recipe(optimizer, scheduler, make_loss(labels, cfg, ctx.device), scaler)
+    return Recipe(optimizer, scheduler, make_loss(labels, cfg, ctx.device), scaler,
+                  per_step=cfg.scheduler != "plateau")
+
+
+def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of `model`'s weights and buffers, with torch's
+    `AveragedModel` and `get_ema_multi_avg_fn(decay)` (ema = decay * ema + (1 - decay) * w after
+    every optimizer step); None when `decay` is 0."""
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 # --------------------------------------------------------------------------- loop
@@ -113,7 +134,7 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     Args:
         x: normalized float32 (B, 1, H, W) on `ctx.device`, in the model's memory format.
-        y: int64 (B,) class indices.
+        y: int64 (B,) class indices, or float32 (B, C) class probabilities (mixed batches).
         grad_clip: max global gradient norm (0: off).
         scaler: a GradScaler for fp16 autocast, else None.
 
@@ -143,9 +164,10 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
                     indices: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler,
                     loss_fn: nn.Module, ctx: StepContext, aug: Augment, batch_size: int,
                     gen: torch.Generator, grad_clip: float = 0.0, desc: str = "train",
-                    scaler: torch.amp.GradScaler | None = None, dist: Dist = Dist()
-                    ) -> dict[str, Any]:
-    """One pass over `indices` in order, `batch_size` at a time, augmenting each batch.
+                    scaler: torch.amp.GradScaler | None = None, dist: Dist = Dist(),
+                    ema: AveragedModel | None = None) -> dict[str, Any]:
+    """One pass over `indices` in order, `batch_size` at a time, augmenting (and, with an alpha
+    on, mixing) each batch.
 
     Args:
         images: uint8 (N, H, W) on `ctx.device`. labels: int64 (N,) on `ctx.device`.
@@ -153,13 +175,17 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
             torchrun: see `shard_indices`); a trailing partial batch is dropped.
         batch_size: this process's batch size.
         gen: generator on `ctx.device` for the augmentation.
+        scheduler: stepped after every optimizer step, or None (a per-epoch schedule).
         dist: the process group; loss and accuracy are summed over all ranks.
+        ema: updated after every optimizer step, or None.
 
     Returns:
-        {"loss": mean loss, "accuracy": fraction correct, "images": images seen by all ranks,
+        {"loss": mean loss, "accuracy": fraction correct (against the label with the largest
+         weight when mixed), "images": images seen by all ranks,
          "seconds": wall seconds, "images_per_s": images/s over all ranks, "lrs": [lr per step]}
     """
     model.train()
+    mixing = bool(aug.mixup_alpha or aug.cutmix_alpha)
     steps = len(indices) // batch_size
     total_loss = torch.zeros((), device=ctx.device)
     correct = torch.zeros((), device=ctx.device, dtype=torch.long)
@@ -168,11 +194,18 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1.0,
                      disable=not dist.is_main):
         idx = indices[step * batch_size:(step + 1) * batch_size]
-        x = ctx.prepare(augment_batch(images[idx], aug, ctx.mean, ctx.std, gen))
-        y = labels[idx]
-        loss, logits = train_step(model, x, y, optimizer, loss_fn, ctx, grad_clip, scaler)
+        x = augment_batch(images[idx], aug, ctx.mean, ctx.std, gen)
+        y = target = labels[idx]
+        if mixing:
+            x, target = mix_batch(x, y, aug, len(CLASS_NAMES), gen)
+            y = target.argmax(1)
+        loss, logits = train_step(model, ctx.prepare(x), target, optimizer, loss_fn, ctx,
+                                  grad_clip, scaler)
         lrs.append(optimizer.param_groups[0]["lr"])
-        scheduler.step()
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update_parameters(_bare(model))
         total_loss += loss * len(y)
         correct += (logits.argmax(1) == y).sum()
     seconds = time.perf_counter() - start
@@ -189,25 +222,36 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
 
 def validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ctx: StepContext,
              dist: Dist = Dist(), batch_size: int = 512) -> dict[str, float]:
-    """Validation loss and accuracy, each rank scoring images[rank::world_size], summed over ranks.
+    """Validation loss, accuracy and balanced accuracy, each rank scoring
+    images[rank::world_size], summed over ranks.
 
     Args:
         images: uint8 (N, H, W); labels: int64 (N,).
+        ctx: as for `predict_log_proba` (the centre crop of `ctx.input_size` is scored).
 
     Returns:
-        {"loss": mean cross-entropy over all N images, "accuracy": fraction correct}: the same
-        numbers on every rank, equal to a single-process run up to float rounding.
+        {"loss": mean cross-entropy over all N images, "accuracy": fraction correct,
+        "balanced_accuracy": the mean over the classes present of each class's recall}: the
+        same numbers on every rank, equal to a single-process run up to float rounding.
     """
     shard = slice(dist.rank, None, dist.world_size)
     y = labels[shard].cpu()
-    loss_sum = correct = 0.0
+    classes = len(CLASS_NAMES)
+    loss_sum, hits, counts = 0.0, torch.zeros(classes), torch.zeros(classes)
     if len(y):  # a rank can get no images when val is smaller than the number of processes
         log_probs = predict_log_proba(model, images[shard], ctx, batch_size=batch_size)
         loss_sum = F.nll_loss(log_probs, y, reduction="sum").item()
-        correct = (log_probs.argmax(1) == y).sum().item()
-    total = all_reduce(torch.tensor([loss_sum, correct, len(y)], dtype=torch.float64,
-                                    device=ctx.device), dist).tolist()
-    return {"loss": total[0] / max(total[2], 1), "accuracy": total[1] / max(total[2], 1)}
+        right = log_probs.argmax(1) == y
+        hits = torch.bincount(y[right], minlength=classes).double()
+        counts = torch.bincount(y, minlength=classes).double()
+    total = all_reduce(torch.cat([torch.tensor([loss_sum], dtype=torch.float64), hits.double(),
+                                  counts.double()]).to(ctx.device), dist).cpu()
+    hits, counts = total[1:1 + classes], total[1 + classes:]
+    n = counts.sum().item()
+    present = counts > 0
+    return {"loss": total[0].item() / max(n, 1), "accuracy": hits.sum().item() / max(n, 1),
+            "balanced_accuracy": (hits[present] / counts[present]).mean().item()
+            if present.any() else 0.0}
 
 
 @dataclass
@@ -226,6 +270,12 @@ class FitResult:
     resumed_from: int = 0
 
 
+def _bare(model: nn.Module) -> nn.Module:
+    """The module under DistributedDataParallel and torch.compile wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -235,18 +285,24 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
         on_best: Callable[[int, float, dict[str, torch.Tensor]], None],
         on_epoch: Callable[[dict[str, float]], None] | None = None,
         dist: Dist = Dist(), resume: Resume | None = None) -> FitResult:
-    """Train for `cfg.epochs` epochs with the one-cycle schedule, validating after each.
+    """Train for `cfg.epochs` epochs with the LR schedule of `cfg.scheduler`, validating after
+    each.
 
     Args:
         train, val: prepared splits (`images` uint8 (N, 48, 48), `labels` int64 (N,)); they are
             copied to `ctx.device` once and stay there.
         cfg: the `train` params (lr, epochs, batch_size, optimizer, weight_decay, momentum,
-            pct_start, grad_clip, label_smoothing, class_weights, seed, compile).
+            pct_start, grad_clip, label_smoothing, ema_decay, scheduler, plateau_*,
+            class_weights, seed, compile).
+        aug: the `augment` params; with `aug.crop` smaller than the images, validation scores
+            the centre crop.
         on_best: called as on_best(epoch, val_accuracy, state_dict) when validation accuracy
             improves, and once at the start of a resumed run with the best so far (the caller
-            saves the checkpoint). Called on rank 0 only.
+            saves the checkpoint). With `cfg.ema_decay` on, the averaged model is the one
+            validated and passed. Called on rank 0 only.
         on_epoch: called with each history row (epoch, train_loss, train_accuracy, val_loss,
-            val_accuracy, lr, seconds, images_per_s) (e.g. to log it to MLflow). Rank 0 only.
+            val_accuracy, val_balanced_accuracy, lr, seconds, images_per_s) (e.g. to log it to
+            MLflow). Rank 0 only.
         dist: under torchrun, each rank trains on its own shard of every global batch
             (`shard_indices`) with gradients all-reduced by DistributedDataParallel; the
             order is seeded identically on all ranks, the augmentation per rank.
@@ -279,6 +335,10 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
     net = wrap_model(model, device, dist, cfg.compile)
     recipe = make_recipe(model, cfg, train["labels"], ctx, cfg.epochs * steps)
     optimizer, scheduler, scaler = recipe.optimizer, recipe.scheduler, recipe.scaler
+    ema = make_ema(model, cfg.ema_decay)
+    scored = ema.module if ema is not None else model  # validated and kept as best
+    side = x_train.shape[-1]
+    eval_ctx = replace(ctx, input_size=aug.crop if aug.crop < side else None)
 
     result = FitResult()
     best_state: dict[str, torch.Tensor] = {}
@@ -289,6 +349,8 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
@@ -307,13 +369,16 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
         order = torch.randperm(len(y_train), generator=order_gen, device=device)
         stats = train_one_epoch(net, x_train, y_train,
                                 shard_indices(order, cfg.batch_size, dist), optimizer,
-                                scheduler, recipe.loss_fn, ctx, aug, per_rank, aug_gen,
-                                cfg.grad_clip, desc=f"epoch {epoch}/{cfg.epochs}",
-                                scaler=scaler, dist=dist)
-        val_stats = validate(model, x_val, y_val, ctx, dist)  # the bare module: no DDP sync
+                                scheduler if recipe.per_step else None, recipe.loss_fn, ctx,
+                                aug, per_rank, aug_gen, cfg.grad_clip,
+                                desc=f"epoch {epoch}/{cfg.epochs}", scaler=scaler, dist=dist,
+                                ema=ema)
+        val_stats = validate(scored, x_val, y_val, eval_ctx, dist)  # bare module: no DDP sync
         if not np.isfinite(val_stats["loss"]):
             raise TrainingError(f"epoch {epoch}: the validation loss is {val_stats['loss']}; "
                                 f"nothing of this epoch is saved (lower train.lr)")
+        if not recipe.per_step:
+            scheduler.step(val_stats["loss"])
         seconds = time.perf_counter() - start
         result.images += stats["images"]
         result.step_seconds += stats["seconds"]
@@ -321,7 +386,8 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
         result.lrs.extend(stats["lrs"])
         row = {"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
                "val_loss": val_stats["loss"], "val_accuracy": val_stats["accuracy"],
-               "lr": stats["lrs"][-1], "seconds": seconds, "images_per_s": stats["images_per_s"]}
+               "val_balanced_accuracy": val_stats["balanced_accuracy"], "lr": stats["lrs"][-1],
+               "seconds": seconds, "images_per_s": stats["images_per_s"]}
         result.history.append(row)
         if dist.is_main:
             print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc "
@@ -332,7 +398,7 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
             result.best_val_accuracy = row["val_accuracy"]
             result.best_epoch = epoch
             if dist.is_main:
-                best_state = _cpu_state(model)
+                best_state = _cpu_state(scored)
                 on_best(epoch, row["val_accuracy"], best_state)
         if on_epoch is not None and dist.is_main:
             on_epoch(row)
@@ -342,6 +408,7 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
                 "epoch": epoch, "model": _cpu_state(model), "best_model": best_state,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else {},
+                "ema": ema.state_dict() if ema is not None else {},
                 "torch_rng": torch.get_rng_state(), "order_gen": order_gen.get_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "aug_gen": aug_states,

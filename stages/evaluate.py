@@ -6,6 +6,7 @@ The photo is scikit-image's public-domain NASA portrait (`skimage.data.astronaut
 the predict command's face detection and drawn with its prediction to metrics/astronaut.png."""
 
 import csv
+from dataclasses import replace
 
 import mlflow
 import numpy as np
@@ -15,9 +16,9 @@ from skimage import data as skdata
 
 from ferpipe import serving, tracking
 from ferpipe.data import load_split, write_json
-from ferpipe.device import StepContext, resolve_device
+from ferpipe.device import resolve_device
 from ferpipe.errors import run_main
-from ferpipe.inference import Classifier, predict_log_proba
+from ferpipe.inference import Classifier, adjust_logits, predict_log_proba
 from ferpipe.metrics import classification_metrics, report_text
 from ferpipe.outputs import stage_outputs
 from ferpipe.params import flatten, load_params, stage_args
@@ -25,6 +26,9 @@ from ferpipe.predict import Predictor, annotate
 
 #: Metrics also reported without TTA, so `dvc exp show` shows the gain.
 COMPARED = ("accuracy", "macro_f1", "top2_accuracy", "loss")
+#: Metrics reported for the val split, to choose evaluation settings on val, never on test.
+VAL_REPORTED = ("accuracy", "balanced_accuracy", "macro_f1", "loss")
+
 
 
 def main() -> None:
@@ -32,24 +36,28 @@ def main() -> None:
     classifier = Classifier.from_checkpoint(cfg.model)
     device = resolve_device(cfg.device, "evaluate.device")
     model = classifier.model.to(device)
-    ctx = StepContext(device, classifier.ctx.mean, classifier.ctx.std, channels_last=True)
+    ctx = replace(classifier.ctx, device=device)
     test = load_split(cfg.test)
     names = classifier.class_names
 
-    def score(tta: str) -> tuple[dict, torch.Tensor]:
+    def score(tta: str, split: dict = test) -> tuple[dict, torch.Tensor]:
         # log-probabilities are logits too (softmax(log p) = p): the metrics take them as such
-        log_probs = predict_log_proba(model, test["images"], ctx, tta, cfg.tta_crop,
-                                      cfg.batch_size)
-        return classification_metrics(log_probs, test["labels"], names), log_probs
+        log_probs = adjust_logits(predict_log_proba(model, split["images"], ctx, tta,
+                                                    cfg.tta_crop, cfg.batch_size),
+                                  classifier.class_counts, cfg.logit_adjustment)
+        return classification_metrics(log_probs, split["labels"], names), log_probs
 
     plain, log_probs = score("none")
     if cfg.tta == "none":
         metrics = plain
     else:
         metrics, log_probs = score(cfg.tta)
-    metrics = {**metrics, "tta": cfg.tta,
+    # The same evaluation on val: settings such as evaluate.logit_adjustment are chosen on these.
+    val_metrics, _ = score(cfg.tta, load_split(cfg.val))
+    metrics = {**metrics, "tta": cfg.tta, "logit_adjustment": cfg.logit_adjustment,
                "no_tta": {key: plain[key] for key in COMPARED},
-               "tta_gain": metrics["accuracy"] - plain["accuracy"]}
+               "tta_gain": metrics["accuracy"] - plain["accuracy"],
+               "val": {key: val_metrics[key] for key in VAL_REPORTED}}
     pred = log_probs.argmax(1).numpy()
     report = report_text(test["labels"], pred, names)
     print(report)

@@ -17,7 +17,7 @@ import torch
 
 from ferpipe import tracking
 from ferpipe.codedeps import package_modules
-from ferpipe.data import CLASS_NAMES, load_split, read_json, write_json
+from ferpipe.data import CLASS_NAMES, class_counts, load_split, read_json, write_json
 from ferpipe.device import StepContext, precision_name, resolve_amp
 from ferpipe.distributed import Dist, all_reduce, init_distributed, shutdown_distributed
 from ferpipe.errors import run_main
@@ -64,6 +64,7 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
     stats = read_json(cfg.stats)
     data_dir, out = Path(cfg.data), Path(cfg.out)
     train, val = load_split(data_dir / "train.npz"), load_split(data_dir / "val.npz")
+    size = train["images"].shape[-1]
     model = build_model(params.model, len(CLASS_NAMES)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -95,8 +96,11 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
         def on_best(epoch: int, val_accuracy: float, state_dict: dict) -> None:
             save_checkpoint(checkpoint, state_dict, class_names=list(CLASS_NAMES),
                             mean=stats["mean"], std=stats["std"],
-                            image_size=train["images"].shape[-1], params=used,
-                            extra={"epoch": epoch, "val_accuracy": val_accuracy})
+                            image_size=size, params=used,
+                            extra={"epoch": epoch, "val_accuracy": val_accuracy,
+                                   "input_size": min(params.augment.crop, size),
+                                   # the prior of evaluate.logit_adjustment
+                                   "class_counts": list(class_counts(train["labels"]).values())})
 
         def on_epoch(row: dict) -> None:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])

@@ -58,3 +58,45 @@ def test_random_erasing_zeroes_one_rectangle_per_image():
         cols = (img == 0).any(dim=0).nonzero().flatten()
         assert (img[rows.min():rows.max() + 1, cols.min():cols.max() + 1] == 0).all()
     assert torch.equal(random_erasing(x, 0.0, torch.Generator().manual_seed(0)), x)
+
+
+def test_random_crop_takes_a_window_of_each_image():
+    from ferpipe.augment import random_crop
+
+    x = torch.arange(4 * 48 * 48, dtype=torch.float32).view(4, 1, 48, 48)
+    out = random_crop(x, 40, torch.Generator().manual_seed(0))
+    assert out.shape == (4, 1, 40, 40)
+    offsets = set()
+    for img, crop in zip(x[:, 0], out[:, 0]):
+        top = int((crop[0, 0] - img[0, 0]).item()) // 48
+        left = int((crop[0, 0] - img[0, 0]).item()) % 48
+        assert 0 <= top <= 8 and 0 <= left <= 8
+        torch.testing.assert_close(crop, img[top:top + 40, left:left + 40])
+        offsets.add((top, left))
+    assert len(offsets) > 1  # each image its own offset
+    assert random_crop(x, 48, torch.Generator()) is x
+
+
+def test_augment_batch_crops_to_the_crop_size():
+    out = augment_batch(batch(), augment(crop=40), 0.5, 0.25, torch.Generator().manual_seed(0))
+    assert out.shape == (16, 1, 40, 40)
+
+
+def test_mix_batch_mixup_cutmix_and_off():
+    from ferpipe.augment import mix_batch
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 48, 48)
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 1])
+    same, onehot = mix_batch(x, y, augment(mixup_alpha=0.4, mix_prob=0.0), 7,
+                             torch.Generator().manual_seed(0))
+    assert same is x and torch.equal(onehot, torch.nn.functional.one_hot(y, 7).float())
+    mixed, soft = mix_batch(x, y, augment(mixup_alpha=0.4, mix_prob=1.0), 7,
+                            torch.Generator().manual_seed(0))
+    torch.testing.assert_close(soft.sum(1), torch.ones(8))
+    lam = soft[0, y[0]].item()  # image 0 is mixed with its neighbour (torchvision: roll by 1)
+    torch.testing.assert_close(mixed[0], lam * x[0] + (1 - lam) * x[-1])
+    cut, soft = mix_batch(x, y, augment(cutmix_alpha=1.0, mix_prob=1.0), 7,
+                          torch.Generator().manual_seed(0))
+    changed = (cut != x).float().mean().item()  # a rectangle of each image is pasted
+    assert 0 < changed < 1 and torch.allclose(soft.sum(1), torch.ones(8))

@@ -34,3 +34,13 @@ def test_absent_class_scores_zero_without_crashing():
     assert m["accuracy"] == 1.0
     assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert "macro avg" in report_text(labels, logits.argmax(1).numpy(), NAMES)
+
+
+def test_balanced_accuracy_is_the_mean_recall():
+    labels = np.array([0, 0, 0, 0, 1, 1, 2])
+    logits = np.eye(3)[[0, 0, 0, 0, 0, 1, 2]] * 5.0  # recalls: 1, 0.5, 1
+    from ferpipe.metrics import classification_metrics as metrics
+
+    out = metrics(logits, labels, ["a", "b", "c"])
+    assert out["accuracy"] == pytest.approx(6 / 7)
+    assert out["balanced_accuracy"] == pytest.approx(2.5 / 3)

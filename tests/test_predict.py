@@ -284,3 +284,29 @@ def test_predict_decodes_photos_as_prepare_decodes_training_images(tmp_path):
     np.testing.assert_array_equal(gray16, decode_image(wide.read_bytes())[0])
     assert gray16.max() > 200  # scaled from 16 bits, not clipped to 255 and collapsed
     assert len(np.unique(gray16)) > 100
+
+
+def test_tta_views_of_a_model_trained_on_crops():
+    x = torch.randn(2, 1, 48, 48)
+    (centre,) = tta_views(x, "none", input_size=40)
+    torch.testing.assert_close(centre, x[..., 4:44, 4:44])
+    plain, mirror = tta_views(x, "hflip", input_size=40)
+    torch.testing.assert_close(mirror, x[..., 4:44, 4:44].flip(-1))
+    crops = list(tta_views(x, "ten_crop", input_size=40))  # crops of the training crop's side
+    assert len(crops) == 10 and all(v.shape == (2, 1, 40, 40) for v in crops)
+    torch.testing.assert_close(crops[0], x[..., :40, :40])  # no resizing
+    resized = list(tta_views(x, "ten_crop", crop=44, input_size=40))
+    assert all(v.shape == (2, 1, 40, 40) for v in resized)
+    whole = list(tta_views(x, "ten_crop"))  # a model trained on whole images: 44 px, resized
+    assert all(v.shape == x.shape for v in whole)
+
+
+def test_logit_adjustment_subtracts_tau_log_prior():
+    from ferpipe.inference import adjust_logits
+
+    logits = torch.zeros(2, 3)
+    out = adjust_logits(logits, [80, 15, 5], 1.0)
+    torch.testing.assert_close(out[0], -torch.tensor([0.8, 0.15, 0.05]).log())
+    assert out.argmax(1).tolist() == [2, 2]  # the rare class wins a tie
+    assert adjust_logits(logits, [80, 15, 5], 0.0) is logits
+    assert adjust_logits(logits, None, 1.0) is logits

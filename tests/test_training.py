@@ -72,12 +72,14 @@ def tiny_split(n_per_class, seed):
     return {"images": images, "labels": labels.astype(np.int64)}
 
 
-def run_fit(epochs=3, resume=None, on_epoch=None, hidden=0):
+def run_fit(epochs=3, resume=None, on_epoch=None, hidden=0, train=None, augment=None):
     torch.manual_seed(0)
     model = build_model(model_cfg(hidden=hidden, dropout=0.5 if hidden else 0.0))
     ctx = StepContext(torch.device("cpu"), 0.4, 0.2)
     best = []
-    result = fit(model, tiny_split(12, 0), tiny_split(4, 1), train_cfg(epochs=epochs), AUG, ctx,
+    aug = default_params(augment={"rotation": 5, "erasing": 0.3, **(augment or {})}).augment
+    result = fit(model, tiny_split(12, 0), tiny_split(4, 1),
+                 train_cfg(epochs=epochs, **(train or {})), aug, ctx,
                  on_best=lambda e, acc, state: best.append((e, acc, state)),
                  on_epoch=on_epoch, resume=resume)
     return model, result, best
@@ -253,3 +255,67 @@ def test_ddp_ranks_train_on_disjoint_shards_and_stay_in_sync(tmp_path):
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
             assert row0[key] == pytest.approx(row1[key])
     assert ranks[0]["best"] and ranks[1]["best"] == []
+
+
+RECIPE = {"train": {"ema_decay": 0.9}, "augment": {"crop": 40, "mixup_alpha": 0.4,
+                                                   "cutmix_alpha": 1.0, "mix_prob": 0.8}}
+
+
+def test_crops_mixing_and_ema_train_and_the_best_model_is_the_average():
+    model, result, best = run_fit(epochs=2, **RECIPE)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] * 1.5
+    assert 0 <= result.history[-1]["val_balanced_accuracy"] <= 1
+    # The best state is the averaged model's, not the trained one's.
+    best_state = best[-1][2]
+    trained = model.state_dict()
+    assert best_state.keys() == trained.keys()
+    assert any(not torch.equal(best_state[k], trained[k]) for k in trained
+               if trained[k].is_floating_point())
+    _, again, _ = run_fit(epochs=2, **RECIPE)
+    assert [r["train_loss"] for r in again.history] == [r["train_loss"] for r in result.history]
+
+
+def test_ema_follows_the_weights_with_its_decay():
+    from ferpipe.training import make_ema
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    ema = make_ema(model, 0.9)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update_parameters(model)  # the first update copies
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    ema.update_parameters(model)
+    torch.testing.assert_close(ema.module.weight, torch.full((1, 2), 0.9 * 1 + 0.1 * 2))
+    assert make_ema(model, 0.0) is None
+
+
+def test_the_plateau_scheduler_cuts_the_lr_when_val_loss_stalls():
+    _, result, _ = run_fit(epochs=4, train={"scheduler": "plateau", "lr": 1e-3,
+                                            "plateau_patience": 0, "plateau_factor": 0.5})
+    lrs = [row["lr"] for row in result.history]
+    losses = [row["val_loss"] for row in result.history]
+    assert lrs[0] == pytest.approx(1e-3)
+    for epoch in range(1, 4):  # an epoch runs at the LR set after the previous one's val loss
+        stalled = losses[epoch - 1] >= min(losses[:epoch - 1], default=float("inf"))
+        expected = lrs[epoch - 1] * (0.5 if stalled else 1.0)
+        assert lrs[epoch] == pytest.approx(expected)
+    assert len(set(result.lrs[:len(result.lrs) // 4])) == 1  # constant within an epoch
+
+
+def test_resume_with_ema_and_mixing_equals_an_uninterrupted_run(tmp_path):
+    _, full, full_best = run_fit(epochs=3, **RECIPE)
+
+    def stop_in_epoch_2(row):
+        if row["epoch"] == 2:
+            raise Interrupt
+
+    resume = Resume(tmp_path / "resume.pt", "fp-1")
+    with pytest.raises(Interrupt):
+        run_fit(epochs=3, resume=resume, on_epoch=stop_in_epoch_2, **RECIPE)
+    again = Resume(tmp_path / "resume.pt", "fp-1")
+    assert again.load()["epoch"] == 1
+    _, resumed, resumed_best = run_fit(epochs=3, resume=again, **RECIPE)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
+    for key, value in full_best[-1][2].items():
+        torch.testing.assert_close(resumed_best[-1][2][key], value)
