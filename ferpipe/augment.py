@@ -10,7 +10,8 @@ rotation, the max rotation in degrees (uniform in [-rotation, rotation]); transl
 shift as a fraction of the image side; scale, the max zoom change (uniform in [1 - scale,
 1 + scale]); brightness and contrast, the max jitter factor (uniform in [1 - b, 1 + b], as
 torchvision's ColorJitter); erasing, the probability of random erasing per image (area 2-33% of
-the image, aspect ratio 0.3-3.3).
+the image, aspect ratio 0.3-3.3). autoaugment, when true, first runs torchvision's AutoAugment
+on each image (`auto_augment`: a per-image loop, the one step that is not whole-batch).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 from ferpipe.params import Augment
 
@@ -48,6 +50,8 @@ def augment_batch(images: torch.Tensor, cfg: Augment, mean: float, std: float,
         float32 tensor (B, 1, H, W), normalized: (pixel / 255 - mean) / std, where erased
         regions are 0 (the dataset mean).
     """
+    if cfg.autoaugment:
+        images = auto_augment(images, gen)
     b, h, w = images.shape
     dev = images.device
     x = images.unsqueeze(1).float().div_(255.0)
@@ -107,3 +111,31 @@ def random_erasing(x: torch.Tensor, p: float, gen: torch.Generator,
             & (xs >= left.view(b, 1, 1)) & (xs < (left + ew).view(b, 1, 1))
             & apply.view(b, 1, 1))
     return x.masked_fill(mask.unsqueeze(1), 0.0)
+
+
+#: torchvision's AutoAugment with its ImageNet policy (25 sub-policies of two operations).
+AUTO_AUGMENT = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+
+
+def auto_augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """`augment.autoaugment`: torchvision's AutoAugment, ImageNet policy (Cubuk et al. 2019,
+    "AutoAugment: Learning Augmentation Policies from Data", CVPR; `torchvision.transforms.v2.
+    AutoAugment`), as seed project 004 uses it: each image draws its own sub-policy.
+
+    AutoAugment given a batch would apply one sub-policy to all of it, so the images go through
+    it one at a time, on their device. AutoAugment draws its randomness from torch's global CPU
+    generator: here that generator is seeded from `gen` (one draw per batch) inside
+    `torch.random.fork_rng`, so the result depends only on `gen`, like the rest of
+    `augment_batch`, and the global RNG state (dropout, the resume checkpoint's) is untouched.
+
+    Args:
+        images: uint8 tensor (B, H, W), pixels 0-255, on any device.
+        gen: random generator on the same device as `images`.
+
+    Returns:
+        uint8 tensor (B, H, W), on the same device; the geometric operations fill with 0.
+    """
+    seed = int(torch.randint(2**62, (1,), generator=gen, device=images.device).item())
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return torch.stack([AUTO_AUGMENT(image.unsqueeze(0)) for image in images]).squeeze(1)

@@ -64,7 +64,7 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
     stats = read_json(cfg.stats)
     data_dir, out = Path(cfg.data), Path(cfg.out)
     train, val = load_split(data_dir / "train.npz"), load_split(data_dir / "val.npz")
-    model = build_model(params.model, len(CLASS_NAMES)).to(device)
+    model = build_model(params.model, len(CLASS_NAMES), train["images"].shape[-1]).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ctx = StepContext(device, stats["mean"], stats["std"], amp, cfg.channels_last)
