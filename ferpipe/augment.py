@@ -15,7 +15,9 @@ the image, aspect ratio 0.3-3.3); crop, the side of a random crop taken from eac
 "Facial Emotion Recognition: State of the Art Performance on FER2013", arXiv:2105.03588);
 mixup_alpha, cutmix_alpha and mix_prob, mixup (Zhang et al. 2018, "mixup: Beyond Empirical Risk
 Minimization", ICLR) and CutMix (Yun et al. 2019, "CutMix", ICCV) on whole batches, through
-torchvision's `transforms.v2.MixUp` / `CutMix` (`mix_batch`).
+torchvision's `transforms.v2.MixUp` / `CutMix` (`mix_batch`). autoaugment, when true, first
+runs torchvision's AutoAugment on each image (`auto_augment`: a per-image loop, the one step
+that is not whole-batch).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def augment_batch(images: torch.Tensor, cfg: Augment, mean: float, std: float,
         float32 tensor (B, 1, S, S), S = `cfg.crop` (H when crop >= H), normalized:
         (pixel / 255 - mean) / std, where erased regions are 0 (the dataset mean).
     """
+    if cfg.autoaugment:
+        images = auto_augment(images, gen)
     b, h, w = images.shape
     dev = images.device
     x = images.unsqueeze(1).float().div_(255.0)
@@ -161,3 +165,31 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: Augment, num_classes: int,
         return x, F.one_hot(y, num_classes).float()
     transform, alpha = choices[int(flips[1] * len(choices))]
     return transform(alpha=alpha, num_classes=num_classes)(x, y)
+
+
+#: torchvision's AutoAugment with its ImageNet policy (25 sub-policies of two operations).
+AUTO_AUGMENT = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+
+
+def auto_augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """`augment.autoaugment`: torchvision's AutoAugment, ImageNet policy (Cubuk et al. 2019,
+    "AutoAugment: Learning Augmentation Policies from Data", CVPR; `torchvision.transforms.v2.
+    AutoAugment`), as seed project 004 uses it: each image draws its own sub-policy.
+
+    AutoAugment given a batch would apply one sub-policy to all of it, so the images go through
+    it one at a time, on their device. AutoAugment draws its randomness from torch's global CPU
+    generator: here that generator is seeded from `gen` (one draw per batch) inside
+    `torch.random.fork_rng`, so the result depends only on `gen`, like the rest of
+    `augment_batch`, and the global RNG state (dropout, the resume checkpoint's) is untouched.
+
+    Args:
+        images: uint8 tensor (B, H, W), pixels 0-255, on any device.
+        gen: random generator on the same device as `images`.
+
+    Returns:
+        uint8 tensor (B, H, W), on the same device; the geometric operations fill with 0.
+    """
+    seed = int(torch.randint(2**62, (1,), generator=gen, device=images.device).item())
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return torch.stack([AUTO_AUGMENT(image.unsqueeze(0)) for image in images]).squeeze(1)

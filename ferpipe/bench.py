@@ -70,7 +70,8 @@ class Setup:
         self.stem = params.model.stem
         self.batch = self.train.batch_size
         torch.manual_seed(0)
-        model = build_model(params.model, len(CLASS_NAMES)).to(self.device)
+        model = build_model(params.model, len(CLASS_NAMES),
+                            min(params.augment.crop, params.prepare.image_size)).to(self.device)
         if self.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model

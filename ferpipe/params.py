@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from ferpipe.errors import ParamsError, shorten
 from ferpipe.outputs import output_conflicts
@@ -24,6 +33,7 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 # --------------------------------------------------------------------------- choices (defined once)
 
+Arch = Literal["resnet18", "small_cnn"]
 Stem = Literal["standard", "3x3", "3x3_nopool"]
 Optimizer = Literal["adamw", "sgd"]
 AmpMode = Literal["auto", "bf16", "fp16", "none"]
@@ -31,6 +41,8 @@ ClassWeights = Literal["none", "inverse_frequency"]
 TtaMode = Literal["none", "hflip", "ten_crop"]
 Scheduler = Literal["one_cycle", "plateau"]
 
+#: Model architectures (see `ferpipe.model.build_model`).
+ARCHS: tuple[str, ...] = get_args(Arch)
 #: ResNet18 stems (see `ferpipe.model.build_model`).
 STEMS: tuple[str, ...] = get_args(Stem)
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
@@ -101,13 +113,28 @@ class Stats(_Section):
 
 
 class Model(_Section):
+    arch: Arch
     stem: Stem
     pretrained: Bool
+    freeze: Annotated[Int, Field(ge=0, le=5)]
     hidden: Annotated[Int, Field(ge=0)]
     dropout: Annotated[Float, Field(ge=0, lt=1)]
 
+    @field_validator("pretrained", "freeze")
+    @classmethod
+    def _resnet18_only(cls, value: Any, info: ValidationInfo) -> Any:
+        """`pretrained` and `freeze` act on ResNet18's ImageNet weights and stages: refused (one
+        line naming the key) when set with `arch: small_cnn`."""
+        if info.data.get("arch") == "small_cnn" and value:
+            what = ("has no ImageNet weights" if info.field_name == "pretrained"
+                    else "has no ResNet stages to freeze")
+            expected = "false" if info.field_name == "pretrained" else "0"
+            raise ValueError(f"model.arch 'small_cnn' {what} (resnet18 only); expected {expected}")
+        return value
+
 
 class Augment(_Section):
+    autoaugment: Bool
     hflip: Probability
     rotation: Annotated[Float, Field(ge=0, le=180)]
     translate: Annotated[Float, Field(ge=0, lt=1)]
@@ -127,6 +154,7 @@ class Train(_Section):
     out: Path_
     experiment: Annotated[str, Field(min_length=1)]
     lr: Positive
+    backbone_lr_scale: Annotated[Float, Field(gt=0, le=1)]
     epochs: Count
     batch_size: Count
     optimizer: Optimizer

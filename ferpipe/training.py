@@ -41,20 +41,50 @@ class TrainingError(FerpipeError):
 
 def make_optimizer(model: nn.Module, cfg: Train) -> torch.optim.Optimizer:
     """`train.optimizer`: AdamW, or SGD with Nesterov momentum (`train.momentum`), with
-    `train.weight_decay`. The LR is then driven by the one-cycle schedule."""
+    `train.weight_decay`, over the parameter groups of `param_groups` (frozen parameters left
+    out; the backbone at `train.backbone_lr_scale` x the head's LR). The LR is then driven by
+    the one-cycle schedule."""
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        return torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
                                nesterov=True, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int,
+def param_groups(model: nn.Module, cfg: Train) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: differential learning rates.
+
+    Only parameters with `requires_grad` (not frozen by `model.freeze`) are optimized. With
+    `train.backbone_lr_scale` = 1 they form one group at `train.lr`; below 1, the head (the
+    model's `fc`: ResNet18's classifier, SmallCNN's MLP) comes first at `train.lr` and every
+    other parameter (the backbone) second at `train.lr * backbone_lr_scale`. Each group's
+    `lr_scale` key holds its factor, which `one_cycle` keeps through the schedule. A model
+    without `fc` is one group. The recipe of seed project 002, which "freezes early layers and
+    uses AdamW with differential rates".
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    head = getattr(model, "fc", None)
+    scale = cfg.backbone_lr_scale
+    if scale == 1.0 or not isinstance(head, nn.Module):
+        return [{"params": trainable, "lr": cfg.lr, "lr_scale": 1.0}]
+    in_head = {id(p) for p in head.parameters()}
+    groups = [{"params": [p for p in trainable if id(p) in in_head], "lr": cfg.lr,
+               "lr_scale": 1.0},
+              {"params": [p for p in trainable if id(p) not in in_head], "lr": cfg.lr * scale,
+               "lr_scale": scale}]
+    return [group for group in groups if group["params"]]
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float | list[float], total_steps: int,
               pct_start: float) -> torch.optim.lr_scheduler.OneCycleLR:
     """torch's OneCycleLR (Smith & Topin 2019, "Super-Convergence", arXiv:1708.07120).
 
     Warms up from max_lr / 25 to `max_lr` over `pct_start` of the steps, then anneals (cosine)
-    to max_lr / 1e4; stepped once per batch.
+    to max_lr / 1e4; stepped once per batch. `max_lr` is one peak per parameter group, or one
+    float that each group scales by its `lr_scale` (see `param_groups`), so the backbone's LR
+    stays `train.backbone_lr_scale` x the head's at every step.
     """
+    if not isinstance(max_lr, list):
+        max_lr = [max_lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps,
                                                pct_start=pct_start)
 

@@ -65,7 +65,8 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
     data_dir, out = Path(cfg.data), Path(cfg.out)
     train, val = load_split(data_dir / "train.npz"), load_split(data_dir / "val.npz")
     size = train["images"].shape[-1]
-    model = build_model(params.model, len(CLASS_NAMES)).to(device)
+    input_size = min(params.augment.crop, size)  # what the model sees: the crop, or the image
+    model = build_model(params.model, len(CLASS_NAMES), input_size).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ctx = StepContext(device, stats["mean"], stats["std"], amp, cfg.channels_last)
@@ -98,7 +99,7 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
                             mean=stats["mean"], std=stats["std"],
                             image_size=size, params=used,
                             extra={"epoch": epoch, "val_accuracy": val_accuracy,
-                                   "input_size": min(params.augment.crop, size),
+                                   "input_size": input_size,
                                    # the prior of evaluate.logit_adjustment
                                    "class_counts": list(class_counts(train["labels"]).values())})
 

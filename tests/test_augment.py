@@ -1,6 +1,8 @@
+import pytest
 import torch
 
-from ferpipe.augment import augment_batch, normalize, random_erasing
+from ferpipe import augment as augment_module
+from ferpipe.augment import augment_batch, auto_augment, normalize, random_erasing
 from tests.fakedata import default_params
 
 
@@ -100,3 +102,50 @@ def test_mix_batch_mixup_cutmix_and_off():
                           torch.Generator().manual_seed(0))
     changed = (cut != x).float().mean().item()  # a rectangle of each image is pasted
     assert 0 < changed < 1 and torch.allclose(soft.sum(1), torch.ones(8))
+
+
+def test_autoaugment_changes_images_keeping_dtype_shape_and_range():
+    x = batch(32)
+    out = auto_augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8 and out.device == x.device
+    changed = [not torch.equal(a, b) for a, b in zip(out, x)]
+    assert sum(changed) >= 24  # a sub-policy's operations each apply with some probability
+    full = augment_batch(x, augment(autoaugment=True, hflip=0, rotation=0, translate=0, scale=0,
+                                    brightness=0, contrast=0, erasing=0),
+                         0.5, 0.25, torch.Generator().manual_seed(0))
+    assert full.shape == (32, 1, 48, 48) and full.dtype == torch.float32
+    torch.testing.assert_close(full, normalize(out, 0.5, 0.25))
+    pixels = full * 0.25 + 0.5
+    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
+
+
+def test_autoaugment_draws_a_sub_policy_per_image():
+    """One image repeated: a batch-level AutoAugment would give one result for every copy."""
+    x = batch(1).expand(32, 48, 48).contiguous()
+    out = auto_augment(x, torch.Generator().manual_seed(3))
+    assert len({tuple(img.flatten().tolist()) for img in out}) >= 8
+
+
+def test_autoaugment_depends_only_on_the_generator_and_leaves_the_global_rng_alone():
+    x = batch()
+    cfg = augment(autoaugment=True)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = augment_batch(x, cfg, 0.5, 0.25, torch.Generator().manual_seed(7))
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(456)
+    b = augment_batch(x, cfg, 0.5, 0.25, torch.Generator().manual_seed(7))
+    c = augment_batch(x, cfg, 0.5, 0.25, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_autoaugment_off_is_not_run(monkeypatch):
+    def fail(*args):
+        raise AssertionError("auto_augment ran with augment.autoaugment: false")
+
+    monkeypatch.setattr(augment_module, "auto_augment", fail)
+    x = batch()
+    torch.testing.assert_close(augment_batch(x, NONE, 0.5, 0.25, torch.Generator().manual_seed(0)),
+                               normalize(x, 0.5, 0.25))
+    with pytest.raises(AssertionError, match="ran with"):
+        augment_batch(x, augment(autoaugment=True), 0.5, 0.25, torch.Generator().manual_seed(0))

@@ -7,6 +7,7 @@ from torchvision.models import resnet18
 from ferpipe.errors import CheckpointError
 from ferpipe.model import (
     PretrainedWeightsError,
+    SmallCNN,
     build_model,
     imagenet_cache_file,
     load_checkpoint,
@@ -72,3 +73,62 @@ def test_checkpoint_round_trip(tmp_path):
     assert ckpt["mean"] == 0.5 and ckpt["image_size"] == 48
     with pytest.raises(CheckpointError, match="missing.pt: checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_small_cnn_output_shape_and_parameter_count():
+    """Seed 004's "Model 0": 3 conv blocks (16/32/64) + a 128-unit MLP head."""
+    model = build_model(arch(arch="small_cnn", dropout=0.5)).eval()
+    assert isinstance(model, SmallCNN)
+    x = torch.randn(3, 1, 48, 48)
+    assert model(x).shape == (3, 7)
+    assert model.features(x).shape == (3, 64, 6, 6)
+    assert [(m.in_features, m.out_features) for m in model.fc
+            if isinstance(m, torch.nn.Linear)] == [(64 * 6 * 6, 128), (128, 7)]
+    assert [m.p for m in model.fc if isinstance(m, torch.nn.Dropout)] == [0.5]
+    convs = sum(9 * cin * cout + cout + 2 * cout for cin, cout in ((1, 16), (16, 32), (32, 64)))
+    head = (64 * 6 * 6 * 128 + 128) + (128 * 7 + 7)
+    assert sum(p.numel() for p in model.parameters()) == convs + head == 319_463
+
+
+def test_small_cnn_is_built_for_its_input_size():
+    model = build_model(arch(arch="small_cnn"), num_classes=5, input_size=64).eval()
+    assert model(torch.randn(2, 1, 64, 64)).shape == (2, 5)
+    assert model.fc[0].in_features == 64 * 8 * 8
+    with pytest.raises(ValueError, match="small_cnn was built for 64x64 images, got 48x48"):
+        model(torch.randn(2, 1, 48, 48))
+
+
+@pytest.mark.parametrize("freeze", range(6))
+def test_freeze_stops_gradients_of_the_first_stages(freeze):
+    model = build_model(arch(stem="standard", freeze=freeze))
+    stages = ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"]
+    frozen = set(stages[:freeze + 1] if freeze else [])  # stage 1 is conv1 and bn1
+    model(torch.randn(2, 1, 48, 48)).sum().backward()
+    for name, param in model.named_parameters():
+        top = name.split(".")[0]
+        assert param.requires_grad == (top not in frozen), name
+        assert (param.grad is None) == (top in frozen), name
+    assert all(p.requires_grad for p in model.fc.parameters())
+
+
+def test_small_cnn_checkpoint_round_trip(tmp_path):
+    cfg = arch(arch="small_cnn", dropout=0.2)
+    for size in (48, 40):
+        model = build_model(cfg, input_size=size).eval()
+        save_checkpoint(tmp_path / "m.pt", model, class_names=list("abcdefg"), mean=0.5, std=0.25,
+                        image_size=size, params={"model": cfg.model_dump()})
+        loaded, ckpt = load_checkpoint(tmp_path / "m.pt")
+        assert isinstance(loaded, SmallCNN) and ckpt["model"]["arch"] == "small_cnn"
+        x = torch.randn(2, 1, size, size)
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_a_checkpoint_written_before_arch_and_freeze_loads_as_resnet18(tmp_path):
+    cfg = arch(stem="3x3")
+    old_section = {k: v for k, v in cfg.model_dump().items() if k not in ("arch", "freeze")}
+    model = build_model(cfg).eval()
+    save_checkpoint(tmp_path / "m.pt", model, class_names=list("abcdefg"), mean=0.5, std=0.25,
+                    image_size=48, params={"model": old_section})
+    loaded, _ = load_checkpoint(tmp_path / "m.pt")
+    x = torch.randn(2, 1, 48, 48)
+    torch.testing.assert_close(loaded(x), model(x))

@@ -62,12 +62,42 @@ def test_project_params_are_valid_complete_and_typed():
     ("download", "sha256", "abc", "download.sha256: got 'abc'; expected null or 64 hexadecimal digits"),
     ("download", "max_members", 0,
      "download.max_members: got 0; input should be greater than or equal to 1"),
+    ("model", "arch", "resnet50", "model.arch: got 'resnet50'; input should be 'resnet18' or 'small_cnn'"),
+    ("model", "freeze", 6, "model.freeze: got 6; input should be less than or equal to 5"),
+    ("model", "freeze", -1, "model.freeze: got -1; input should be greater than or equal to 0"),
+    ("model", "freeze", 1.0, "model.freeze: got 1.0; input should be a valid integer"),
+    ("train", "backbone_lr_scale", 0,
+     "train.backbone_lr_scale: got 0; input should be greater than 0"),
+    ("train", "backbone_lr_scale", 1.5,
+     "train.backbone_lr_scale: got 1.5; input should be less than or equal to 1"),
+    ("augment", "autoaugment", "yes",
+     "augment.autoaugment: got 'yes'; input should be a valid boolean"),
 ])
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(section, key, value, expected):
     params = project_params()
     params[section][key] = value
     message = error_for(params)
     assert message == f"params.yaml: {expected}"
+
+
+def test_small_cnn_refuses_the_resnet18_only_params_one_line_each():
+    params = project_params()
+    params["model"].update(arch="small_cnn", pretrained=True, freeze=2)
+    assert error_for(params).splitlines() == [
+        "params.yaml: model.pretrained: got True; model.arch 'small_cnn' has no ImageNet weights "
+        "(resnet18 only); expected false",
+        "params.yaml: model.freeze: got 2; model.arch 'small_cnn' has no ResNet stages to freeze "
+        "(resnet18 only); expected 0"]
+    params["model"].update(pretrained=False, freeze=0, stem="standard", hidden=64)
+    assert validate_params(params).model.arch == "small_cnn"  # stem and hidden: resnet18 only
+    params["model"].update(arch="resnet18", pretrained=True, freeze=5)
+    assert validate_params(params).model.freeze == 5
+
+
+def test_the_recipe_params_default_to_the_previous_behaviour():
+    params = load_params(ROOT / "params.yaml")
+    assert params.model.arch == "resnet18" and params.model.freeze == 0
+    assert params.train.backbone_lr_scale == 1.0 and params.augment.autoaugment is False
 
 
 def test_unknown_keys_and_sections_are_typos():

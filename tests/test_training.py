@@ -14,7 +14,15 @@ from ferpipe.errors import ParamsError
 from ferpipe.inference import predict_log_proba
 from ferpipe.model import build_model
 from ferpipe.resume import Resume, fingerprint
-from ferpipe.training import TrainingError, class_weights, fit, make_optimizer, one_cycle, validate
+from ferpipe.training import (
+    TrainingError,
+    class_weights,
+    fit,
+    make_optimizer,
+    make_recipe,
+    one_cycle,
+    validate,
+)
 from tests.fakedata import default_params, face_like
 
 CFG = {"lr": 3e-3, "epochs": 3, "batch_size": 16, "optimizer": "adamw", "weight_decay": 0.0,
@@ -319,3 +327,81 @@ def test_resume_with_ema_and_mixing_equals_an_uninterrupted_run(tmp_path):
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
     for key, value in full_best[-1][2].items():
         torch.testing.assert_close(resumed_best[-1][2][key], value)
+
+
+def ids(params):
+    return {id(p) for p in params}
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_backbone_lr_scale_holds_through_the_one_cycle_schedule(optimizer):
+    """Seed 002's differential rates: the head (fc) at train.lr, the rest at lr x scale."""
+    model = build_model(model_cfg())
+    cfg = train_cfg(optimizer=optimizer, lr=0.1, backbone_lr_scale=0.1)
+    recipe = make_recipe(model, cfg, np.arange(7), StepContext(torch.device("cpu"), 0.4, 0.2),
+                         total_steps=20)
+    head, backbone = recipe.optimizer.param_groups
+    assert ids(head["params"]) == ids(model.fc.parameters())
+    assert ids(backbone["params"]) == ids(model.parameters()) - ids(model.fc.parameters())
+    peaks = []
+    for _ in range(20):
+        assert backbone["lr"] == pytest.approx(0.1 * head["lr"], rel=1e-9)
+        peaks.append(head["lr"])
+        recipe.optimizer.step()
+        recipe.scheduler.step()
+    assert max(peaks) == pytest.approx(0.1)
+    assert len(one_cycle(recipe.optimizer, [0.2, 0.05], 20, 0.3).optimizer.param_groups) == 2
+
+
+def test_a_backbone_lr_scale_of_one_keeps_a_single_group_of_all_parameters():
+    model = build_model(model_cfg())
+    (group,) = make_optimizer(model, train_cfg()).param_groups
+    assert [id(p) for p in group["params"]] == [id(p) for p in model.parameters()]
+    assert group["lr"] == CFG["lr"]
+
+
+def test_small_cnn_head_is_its_mlp():
+    model = build_model(default_params(model={"arch": "small_cnn"}).model)
+    head, backbone = make_optimizer(model, train_cfg(backbone_lr_scale=0.5)).param_groups
+    assert ids(head["params"]) == ids(model.fc.parameters())
+    assert ids(backbone["params"]) == ids(model.features.parameters())
+    assert backbone["lr"] == pytest.approx(0.5 * head["lr"])
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.1])
+def test_frozen_parameters_are_left_out_of_the_optimizer(scale):
+    model = build_model(model_cfg(freeze=3))  # stem, layer1, layer2
+    optimizer = make_optimizer(model, train_cfg(backbone_lr_scale=scale))
+    optimized = set().union(*(ids(g["params"]) for g in optimizer.param_groups))
+    trainable = ids(p for p in model.parameters() if p.requires_grad)
+    assert optimized == trainable
+    assert not optimized & ids([*model.conv1.parameters(), *model.layer1.parameters(),
+                                *model.layer2.parameters()])
+    assert ids(model.layer3.parameters()) <= optimized
+    head_only = build_model(model_cfg(freeze=5))
+    (group,) = make_optimizer(head_only, train_cfg(backbone_lr_scale=scale)).param_groups
+    assert ids(group["params"]) == ids(head_only.fc.parameters())
+
+
+def test_fit_trains_only_the_unfrozen_stages_at_their_rates():
+    torch.manual_seed(0)
+    model = build_model(model_cfg(freeze=4))  # stem and layer1-3 frozen
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = fit(model, tiny_split(12, 0), tiny_split(2, 1),
+                 train_cfg(epochs=1, backbone_lr_scale=0.1), AUG,
+                 StepContext(torch.device("cpu"), 0.4, 0.2), on_best=lambda *a: None)
+    assert len(result.history) == 1
+    after = model.state_dict()
+    for name, param in model.named_parameters():
+        assert torch.equal(after[name], before[name]) == (not param.requires_grad), name
+    assert not torch.equal(after["layer4.0.conv1.weight"], before["layer4.0.conv1.weight"])
+
+
+def test_fit_trains_the_small_cnn_with_autoaugment():
+    torch.manual_seed(0)
+    model = build_model(default_params(model={"arch": "small_cnn", "dropout": 0.5}).model)
+    aug = default_params(augment={"autoaugment": True}).augment
+    result = fit(model, tiny_split(12, 0), tiny_split(4, 1), train_cfg(epochs=2), aug,
+                 StepContext(torch.device("cpu"), 0.4, 0.2), on_best=lambda *a: None)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert all(np.isfinite(r["train_loss"]) for r in result.history)
