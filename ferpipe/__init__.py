@@ -3,6 +3,7 @@
 Modules, in the order data flows:
 - `params`: the params.yaml schema, typed sections, the only place values are validated.
 - `errors`: the project's errors and `run_main`, which reports them as one line each.
+- `outputs`: where stages may write, and writing all outputs or none (folders swapped in).
 - `data`: class names, prepared split files (.npz), the val carve-out, pixel stats, JSON files.
 - `classes`: class and split folder names as spelled in the wild, mapped to canonical ones.
 - `fetch`: getting the source (local copy, Kaggle, http with sha256) for the download stage.
