@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.transforms.v2 import functional as TF
 
 from ferpipe.augment import normalize
 from ferpipe.data import CLASS_NAMES, RAW_ARCHIVE, load_split, pixel_stats, read_json
@@ -46,8 +47,8 @@ from ferpipe.device import StepContext, precision_name, resolve_amp, resolve_dev
 from ferpipe.distributed import wrap_model
 from ferpipe.errors import ParamsError, run_main
 from ferpipe.model import build_model
-from ferpipe.params import AMP_MODES, TTA_MODES, Params, load_params
-from ferpipe.training import make_recipe, one_cycle, train_one_epoch, train_step
+from ferpipe.params import AMP_MODES, STEMS, TTA_MODES, Params, load_params
+from ferpipe.training import make_recipe, train_one_epoch, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 2  # batches run before each timed part (allocator, autotuning, worker start-up)
@@ -70,8 +71,9 @@ class Setup:
         self.stem = params.model.stem
         self.batch = self.train.batch_size
         torch.manual_seed(0)
-        model = build_model(params.model, len(CLASS_NAMES),
-                            min(params.augment.crop, params.prepare.image_size)).to(self.device)
+        #: the model's input side: the training crop, else the image (as the train stage)
+        self.input_size = min(params.augment.crop, params.prepare.image_size)
+        model = build_model(params.model, len(CLASS_NAMES), self.input_size).to(self.device)
         if self.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -79,6 +81,7 @@ class Setup:
         self.ctx = StepContext(self.device, mean, std, self.amp, self.train.channels_last)
         recipe = make_recipe(model, self.train, labels, self.ctx, 10 ** 6)
         self.optimizer, self.loss_fn = recipe.optimizer, recipe.loss_fn
+        self.scheduler = recipe.scheduler if recipe.per_step else None  # stepped per batch
         self.grad_clip = self.train.grad_clip
 
     @property
@@ -87,8 +90,10 @@ class Setup:
 
 
 def bare(s: Setup, ctx: StepContext, x: torch.Tensor, y: torch.Tensor, batches: int) -> float:
-    """images/s of `train_step` on one ready batch; x uint8 (B, 48, 48), y int64 (B,)."""
-    xb = ctx.prepare(normalize(x.to(s.device), ctx.mean, ctx.std))
+    """images/s of `train_step` on one ready batch; x uint8 (B, 48, 48) (centre-cropped to the
+    model's input size), y int64 (B,)."""
+    xb = ctx.prepare(TF.center_crop(normalize(x.to(s.device), ctx.mean, ctx.std),
+                                    [s.input_size, s.input_size]))
     yb = y.to(s.device)
     s.net.train()
     for _ in range(WARMUP):
@@ -104,7 +109,7 @@ def bare(s: Setup, ctx: StepContext, x: torch.Tensor, y: torch.Tensor, batches: 
 def pipeline(s: Setup, ctx: StepContext, images: torch.Tensor, labels: torch.Tensor,
              batches: int, gen: torch.Generator) -> float:
     """images/s of `train_one_epoch` over `batches` random batches of the real arrays."""
-    scheduler = one_cycle(s.optimizer, s.train.lr, 10 ** 6, s.train.pct_start)
+    scheduler = s.scheduler  # the train stage's (None for a per-epoch schedule)
     order = torch.randperm(len(labels), generator=gen, device=s.device)
     train_one_epoch(s.net, images, labels, order[:WARMUP * s.batch], s.optimizer, scheduler,
                     s.loss_fn, ctx, s.aug, s.batch, gen, s.grad_clip, desc="warm-up")
@@ -125,6 +130,7 @@ def baseline_loader(folder: Path, s: Setup, mean: float, std: float, workers: in
         transforms.RandomHorizontalFlip(aug.hflip),
         transforms.RandomRotation(aug.rotation),
         transforms.ColorJitter(brightness=aug.brightness, contrast=aug.contrast),
+        transforms.RandomCrop(s.input_size),
         transforms.ToTensor(),
         transforms.Normalize([mean], [std]),
     ])
@@ -279,7 +285,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--rounds", type=int, default=2, help="turns of bare/pipeline/baseline")
     p.add_argument("--amp", choices=AMP_MODES,
                    help="override train.amp (e.g. compare none with bf16)")
-    p.add_argument("--stem", help="override model.stem")
+    p.add_argument("--stem", choices=STEMS, help="override model.stem")
     p.add_argument("--channels-last", choices=["true", "false"],
                    help="override train.channels_last")
     p.add_argument("--workers", type=int, default=os.cpu_count(),

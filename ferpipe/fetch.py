@@ -15,6 +15,7 @@ from tqdm import tqdm
 from ferpipe.data import RAW_ARCHIVE
 from ferpipe.errors import DataError, OutputError
 from ferpipe.outputs import Outputs, output_conflicts, stage_outputs
+from ferpipe.params import REMOTE_SOURCES
 from ferpipe.sources import (
     CSV_NAME,
     MAX_MEMBERS,
@@ -115,7 +116,7 @@ def kaggle_download(handle: str) -> Path:
 
 def local_path(source: str) -> Path | None:
     """The local file or folder `download.source` names, or None for `kaggle:` and URLs."""
-    if source.startswith(("kaggle:", "http://", "https://")):
+    if source.startswith(REMOTE_SOURCES):
         return None
     return Path(source)
 

@@ -10,8 +10,9 @@ Test-time augmentation (TTA) averages the softmax over several views of each ima
   of each, each resized back to the model's input size (10 views). Ten-crop at test time is what
   the strongest FER2013 results use (Khaireddin & Chen 2021, "Facial Emotion Recognition: State of
   the Art Performance on FER2013", arXiv:2105.03588; Pramerdorfer & Kampel 2016, arXiv:1612.02903),
-  there with 40-pixel crops of models trained on random 40-pixel crops; this model is trained on
-  whole 48-pixel images with +-10% zoom and shift, so the default crop is 44 pixels, resized to 48.
+  there with 40-pixel crops of models trained on random 40-pixel crops (`augment.crop`: the
+  views then match the training crop); a model trained on whole 48-pixel images gets 44-pixel
+  crops resized to 48.
 """
 
 from __future__ import annotations
@@ -29,9 +30,6 @@ from torchvision.transforms.v2 import functional as TF
 from ferpipe.augment import normalize
 from ferpipe.device import StepContext, autocast
 
-#: Ten-crop side for a model trained on whole images, pixels (of 48).
-WHOLE_IMAGE_TEN_CROP = 44
-
 
 def tta_views(x: torch.Tensor, mode: str = "none", crop: int | None = None,
               input_size: int | None = None) -> Iterator[torch.Tensor]:
@@ -39,13 +37,14 @@ def tta_views(x: torch.Tensor, mode: str = "none", crop: int | None = None,
 
     A model trained on random crops (`augment.crop`) sees the centre crop (`none`), the centre
     crop and its mirror image (`hflip`), or ten crops of the same side (`ten_crop`); a model
-    trained on whole images sees the whole image, or ten 44-pixel crops resized back.
+    trained on whole images sees the whole image, or ten crops of 11/12 of its side (44 of 48
+    pixels) resized back.
 
     Args:
         x: float (B, 1, H, W).
         mode: one of `params.TTA_MODES`.
         crop: side of the ten-crop crops, pixels (None: `input_size` when the model was trained
-            on crops, else WHOLE_IMAGE_TEN_CROP); resized to the input size when they differ.
+            on crops, else 11/12 of the image side); resized to the input size when they differ.
         input_size: the model's input side, pixels (None: H).
 
     Yields:
@@ -56,11 +55,8 @@ def tta_views(x: torch.Tensor, mode: str = "none", crop: int | None = None,
     """
     height, width = x.shape[-2:]
     side = input_size or height
-    if crop is None:
-        crop = side if side < min(height, width) else WHOLE_IMAGE_TEN_CROP
-    if not 0 < side <= min(height, width) or not 0 < crop <= min(height, width):
-        raise ValueError(f"tta: a {crop}-pixel crop or {side}-pixel input does not fit a "
-                         f"{height}x{width} image")
+    if not 0 < side <= min(height, width):
+        raise ValueError(f"tta: a {side}-pixel input does not fit a {height}x{width} image")
     centre = TF.center_crop(x, [side, side]) if side < max(height, width) else x
     if mode == "none":
         yield centre
@@ -68,6 +64,10 @@ def tta_views(x: torch.Tensor, mode: str = "none", crop: int | None = None,
         yield centre
         yield TF.horizontal_flip(centre)
     elif mode == "ten_crop":
+        if crop is None:
+            crop = side if side < min(height, width) else round(side * 11 / 12)
+        if not 0 < crop <= min(height, width):
+            raise ValueError(f"tta: a {crop}-pixel crop does not fit a {height}x{width} image")
         for view in TF.ten_crop(x, [crop, crop]):
             yield view if crop == side else F.interpolate(view, size=[side, side],
                                                           mode="bilinear", align_corners=False)

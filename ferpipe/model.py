@@ -225,6 +225,8 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def checkpoint_model_params(section: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's `model` params section, with the keys added since it may have been written
-    filled in with the values of the model it then described (`arch: resnet18`, `freeze: 0`)."""
-    return {"arch": "resnet18", "freeze": 0, **section}
+    """The `model` params to rebuild a checkpoint's network with: its saved section, the keys
+    added since it may have been written filled in (`arch: resnet18`), and `pretrained` and
+    `freeze` off: the weights come from the checkpoint, so nothing is downloaded (offline too)
+    and nothing is frozen."""
+    return {"arch": "resnet18", **section, "pretrained": False, "freeze": 0}

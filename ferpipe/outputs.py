@@ -67,8 +67,8 @@ def output_conflicts(outputs: list[tuple[str, str, bool]], inputs: list[tuple[st
         for in_key, in_raw in inputs:
             source = (root / in_raw).resolve()
             if _inside(source, path) or (_inside(path, source)):
-                where = "holds" if _inside(source, path) and source != path else (
-                    "is" if source == path else "lies inside")
+                where = ("is" if source == path else "holds" if _inside(source, path)
+                         else "lies inside")
                 problems.append(f"{key}: {raw} {where} {in_key} ({in_raw}), which must never be "
                                 f"written; expected a {'folder' if folder else 'file'} of its own")
     for i, (key, raw, path, folder) in enumerate(resolved):
@@ -167,36 +167,27 @@ class Outputs:
 
     def commit(self) -> None:
         """Swap every temp folder in (the replaced folder's own files are then deleted) and
-        rename every temp file to its destination.
+        rename every temp file to its destination. Each output leaves this object's lists as
+        soon as it is in place, so when a later one fails, `abort` removes only what is still
+        temporary; a folder whose swap fails is put back as it was.
 
         Raises:
-            OutputError: a temp file that was registered was never written.
+            OutputError: a temp file that was registered was never written, or a rename failed
+                (naming the path).
         """
         missing = [str(dest) for tmp, dest in self._files if not tmp.exists()]
         if missing:
             raise OutputError(f"{missing[0]}: was not written (internal error)")
-        with _naming(self._folders[0][1] if self._folders else Path(".")):
-            self._swap_folders()
-        for tmp, dest in self._files:
+        while self._folders:
+            tmp, dest, stage, names = self._folders[0]
+            with _naming(dest):
+                _swap_in(tmp, dest, stage, names)
+            self._folders.pop(0)
+        while self._files:
+            tmp, dest = self._files[0]
             with _naming(dest):
                 os.replace(tmp, dest)
-        self._files, self._folders = [], []
-
-    def _swap_folders(self) -> None:
-        for tmp, dest, stage, names in self._folders:
-            files = sorted(p.name for p in tmp.iterdir())
-            (tmp / MANIFEST).write_text(json.dumps({"stage": stage, "files": files}) + "\n")
-            old = None
-            if dest.exists():
-                check_replaceable(dest, stage, names)  # again: it may have changed meanwhile
-                old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
-                dest.replace(old / dest.name)
-            tmp.replace(dest)
-            if old is not None:
-                for entry in (old / dest.name).iterdir():  # checked above: only its own files
-                    entry.unlink()
-                (old / dest.name).rmdir()
-                old.rmdir()
+            self._files.pop(0)
 
     def abort(self) -> None:
         """Remove the temp files and folders written so far; the old outputs stay."""
@@ -207,14 +198,40 @@ class Outputs:
         self._files, self._folders = [], []
 
 
+def _swap_in(tmp: Path, dest: Path, stage: str, names: set[str]) -> None:
+    """Put the finished folder `tmp` at `dest`, with the stage's manifest; the folder it
+    replaces (checked again to be the stage's own) is moved aside first, put back if the swap
+    fails, and its files deleted once the swap is done."""
+    files = sorted(p.name for p in tmp.iterdir())
+    (tmp / MANIFEST).write_text(json.dumps({"stage": stage, "files": files}) + "\n")
+    old = None
+    if dest.exists():
+        check_replaceable(dest, stage, names)  # again: it may have changed meanwhile
+        old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
+        dest.replace(old / dest.name)
+    try:
+        tmp.replace(dest)
+    except OSError:
+        if old is not None:
+            (old / dest.name).replace(dest)
+            old.rmdir()
+        raise
+    if old is not None:
+        for entry in (old / dest.name).iterdir():  # checked above: only its own files
+            entry.unlink()
+        (old / dest.name).rmdir()
+        old.rmdir()
+
+
 @contextlib.contextmanager
 def stage_outputs() -> Iterator[Outputs]:
     """`with stage_outputs() as outs:` write to `outs.file(...)` / `outs.folder(...)`; on normal
-    exit everything is renamed into place, on an error nothing is."""
+    exit everything is renamed into place, on an error nothing is (and when renaming itself
+    fails, what was not yet in place is removed)."""
     outs = Outputs()
     try:
         yield outs
+        outs.commit()
     except BaseException:
         outs.abort()
         raise
-    outs.commit()

@@ -262,7 +262,7 @@ def validate_params(raw: Any, path: str | Path = DEFAULT_PARAMS) -> Params:
     except ValidationError as err:
         raise ParamsError("\n".join(f"{path}: {_describe(e, Params)}" for e in err.errors())
                           ) from None
-    problems = output_conflicts(*stage_outputs_of(params))
+    problems = output_conflicts(*stage_outputs_of(params, path))
     for key, size in (("evaluate.tta_crop", params.evaluate.tta_crop),
                       ("augment.crop", params.augment.crop)):
         if size is not None and size > params.prepare.image_size:
@@ -283,9 +283,15 @@ FIXED_OUTPUTS = {
 }
 
 
-def stage_outputs_of(params: Params) -> tuple[list[tuple[str, str, bool]], list[tuple[str, str]]]:
-    """(every stage output as (key, path, is a folder), the user's inputs no output may touch
-    as (key, path)), for `ferpipe.outputs.output_conflicts`."""
+#: `download.source` prefixes that name no local file or folder.
+REMOTE_SOURCES = ("kaggle:", "http://", "https://")
+
+
+def stage_outputs_of(params: Params, path: str | Path = DEFAULT_PARAMS
+                     ) -> tuple[list[tuple[str, str, bool]], list[tuple[str, str]]]:
+    """(every stage output as (key, path, is a folder), the files no output may touch as (key,
+    path): the source, the local archive, the params file, dvc.yaml and dvc.lock), for
+    `ferpipe.outputs.output_conflicts`."""
     train_out = Path(params.train.out)
     outputs = [("download.out", params.download.out, True),
                ("prepare.out", params.prepare.out, True),
@@ -296,8 +302,9 @@ def stage_outputs_of(params: Params) -> tuple[list[tuple[str, str, bool]], list[
                ("plot.grid", params.plot.grid, False),
                *((f"{stage} stage ({path})", path, False)
                  for stage, paths in FIXED_OUTPUTS.items() for path in paths)]
-    inputs = [("download.local_archive", params.download.local_archive)]
-    if not params.download.source.startswith(("kaggle:", "http://", "https://")):
+    inputs = [("download.local_archive", params.download.local_archive),
+              ("the params file", str(path)), ("dvc.yaml", "dvc.yaml"), ("dvc.lock", "dvc.lock")]
+    if not params.download.source.startswith(REMOTE_SOURCES):
         inputs.append(("download.source", params.download.source))
     return outputs, inputs
 

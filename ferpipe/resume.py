@@ -36,7 +36,8 @@ class Resume:
 
     The checkpoint (written by rank 0 after every epoch, to a temp name then renamed, so a kill
     never leaves a half-written one) holds: the fingerprint, the last completed epoch, the model,
-    optimizer, scheduler and GradScaler `state_dict`s, the best model's `state_dict`, the RNG
+    optimizer, scheduler, GradScaler and EMA (`train.ema_decay`) `state_dict`s, the best model's
+    `state_dict`, the RNG
     states (torch's global CPU and CUDA ones, the data-order generator and every rank's
     augmentation generator), the FitResult so far, and `extra` (e.g. the MLflow run id).
 

@@ -120,7 +120,7 @@ def list_files(source: Path, max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
     Members are checked and counted, and their declared (unpacked) sizes summed, before any is
     read: a decompression bomb is refused without being unpacked. Archive members are then read
     into memory (FER2013 is ~60 MB) so the archive is closed on return (a compressed tar is
-    decompressed twice: once for the headers, once for the data); folder files are read when
+    decompressed twice: once for the headers and the end check, once for the data); folder files are read when
     their reader is called. Members and entries of every kind (folders included) count towards
     `max_members`.
 
@@ -297,7 +297,7 @@ def check_archive(path: Path, max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
         DataError: another kind of file (naming its first bytes), a damaged or truncated
             archive (naming the member or byte), or one over the caps (see `list_files`).
     """
-    if zipfile.is_zipfile(path) or tarfile.is_tarfile(path):
+    if zipfile.is_zipfile(path) or tarfile.is_tarfile(path) or _looks_compressed(path):
         list_files(path, max_unpacked_bytes, max_members)
         return
     raise DataError(f"{path}: not a zip or tar archive; {_first_bytes(path)}")

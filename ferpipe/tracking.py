@@ -130,8 +130,9 @@ def resume_run(ref_path: str | Path) -> Iterator[mlflow.ActiveRun]:
 def log_model(checkpoint: str | Path, name: str = "model") -> None:
     """Log the checkpoint's model to the active run with `mlflow.pytorch.log_model`.
 
-    The model is logged from the CPU in fp32 with an input example of 2 normalized 1 x 48 x 48
-    images, so the saved signature accepts any batch size: input float32 (B, 1, 48, 48),
+    The model is logged from the CPU in fp32 with an input example of 2 normalized 1 x S x S
+    images, S = the model's input side (the training crop, else 48), so the saved signature
+    accepts any batch size: input float32 (B, 1, S, S),
     normalized with the checkpoint's mean/std; output float32 logits (B, 7). The checkpoint file
     (with class names and normalization) is logged beside it.
     """
@@ -142,7 +143,7 @@ def log_model(checkpoint: str | Path, name: str = "model") -> None:
     from ferpipe.model import load_checkpoint
 
     model, ckpt = load_checkpoint(checkpoint)
-    size = ckpt["image_size"]
+    size = int(ckpt.get("input_size", ckpt["image_size"]))  # the training crop, if any
     example = np.zeros((2, 1, size, size), dtype=np.float32)
     mlflow.pytorch.log_model(model, name=name, input_example=example,
                              pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",

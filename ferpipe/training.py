@@ -43,7 +43,7 @@ def make_optimizer(model: nn.Module, cfg: Train) -> torch.optim.Optimizer:
     """`train.optimizer`: AdamW, or SGD with Nesterov momentum (`train.momentum`), with
     `train.weight_decay`, over the parameter groups of `param_groups` (frozen parameters left
     out; the backbone at `train.backbone_lr_scale` x the head's LR). The LR is then driven by
-    the one-cycle schedule."""
+    `train.scheduler`."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
                                nesterov=True, weight_decay=cfg.weight_decay)
@@ -239,11 +239,11 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         total_loss += loss * len(y)
         correct += (logits.argmax(1) == y).sum()
     seconds = time.perf_counter() - start
-    if not torch.isfinite(total_loss):
-        raise TrainingError(f"{desc}: the training loss became {total_loss.item()}; nothing of "
-                            f"this epoch is saved (lower train.lr, or set train.grad_clip)")
     sums = all_reduce(torch.tensor([total_loss.item(), correct.item(), steps * batch_size],
                                        dtype=torch.float64, device=ctx.device), dist).tolist()
+    if not np.isfinite(sums[0]):  # after the reduction: every rank stops, none waits
+        raise TrainingError(f"{desc}: the training loss became {sums[0]}; nothing of this "
+                            f"epoch is saved (lower train.lr, or set train.grad_clip)")
     seen = int(sums[2])
     return {"loss": sums[0] / max(seen, 1), "accuracy": sums[1] / max(seen, 1),
             "images": seen, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9),

@@ -1,4 +1,5 @@
-"""Stage 4, train: ResNet18 with a one-cycle schedule; keeps the best checkpoint by val accuracy.
+"""Stage 4, train: the model of `model` params with the recipe of `train` and `augment`; keeps the
+best checkpoint by val accuracy.
 
 Runs as one process (`python -m stages.train`) or data-parallel under torchrun
 (`torchrun --standalone --nproc_per_node=N -m stages.train`), where rank 0 writes every output.
@@ -65,6 +66,7 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
     data_dir, out = Path(cfg.data), Path(cfg.out)
     train, val = load_split(data_dir / "train.npz"), load_split(data_dir / "val.npz")
     size = train["images"].shape[-1]
+    counts = list(class_counts(train["labels"]).values())  # the prior of evaluate.logit_adjustment
     input_size = min(params.augment.crop, size)  # what the model sees: the crop, or the image
     model = build_model(params.model, len(CLASS_NAMES), input_size).to(device)
     if cfg.channels_last:
@@ -100,8 +102,7 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
                             image_size=size, params=used,
                             extra={"epoch": epoch, "val_accuracy": val_accuracy,
                                    "input_size": input_size,
-                                   # the prior of evaluate.logit_adjustment
-                                   "class_counts": list(class_counts(train["labels"]).values())})
+                                   "class_counts": counts})
 
         def on_epoch(row: dict) -> None:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])

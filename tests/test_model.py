@@ -132,3 +132,20 @@ def test_a_checkpoint_written_before_arch_and_freeze_loads_as_resnet18(tmp_path)
     loaded, _ = load_checkpoint(tmp_path / "m.pt")
     x = torch.randn(2, 1, 48, 48)
     torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_a_checkpoint_of_a_pretrained_model_loads_offline(tmp_path, monkeypatch):
+    """The weights come from the checkpoint: loading never fetches ImageNet's, nor freezes."""
+    def offline(*args, **kwargs):
+        raise URLError("offline")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    model = build_model(arch(stem="standard"))
+    params = {"model": arch(stem="standard", pretrained=True, freeze=2).model_dump()}
+    save_checkpoint(tmp_path / "m.pt", model, class_names=list("abcdefg"), mean=0.5, std=0.25,
+                    image_size=48, params=params)
+    loaded, ckpt = load_checkpoint(tmp_path / "m.pt")
+    assert ckpt["model"]["pretrained"] is True
+    assert all(p.requires_grad for p in loaded.parameters())
+    x = torch.randn(2, 1, 48, 48)
+    torch.testing.assert_close(loaded(x), model.eval()(x))

@@ -195,3 +195,17 @@ def test_dvc_repro_keeps_the_users_files_in_a_misdirected_output(tmp_path):
         proc.stdout + proc.stderr)
     assert (repo / "data/mine/thesis.tex").read_text() == "two years of work"
     sh(["dvc", "status"], repo, env)
+
+
+def test_a_failed_rename_at_the_end_leaves_no_temp_files(tmp_path):
+    (tmp_path / "metrics.json").mkdir()  # appears after the stage checked it: the rename fails
+    with pytest.raises(OutputError, match="metrics.json: cannot write"):
+        with stage_outputs() as outs:
+            (outs.folder(tmp_path / "out", "prepare", {"a.npz"}) / "a.npz").write_text("new")
+            outs.file(tmp_path / "ok.json").write_text("new")
+            target = outs.file(tmp_path / "other.json")
+            target.write_text("new")
+            outs._files[-1] = (target, tmp_path / "metrics.json")
+    # the folder was swapped in before the failure and stays; nothing temporary is left
+    assert (tmp_path / "out/a.npz").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "ok.json", "out"]

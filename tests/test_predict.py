@@ -310,3 +310,12 @@ def test_logit_adjustment_subtracts_tau_log_prior():
     assert out.argmax(1).tolist() == [2, 2]  # the rare class wins a tie
     assert adjust_logits(logits, [80, 15, 5], 0.0) is logits
     assert adjust_logits(logits, None, 1.0) is logits
+
+
+def test_tta_views_of_small_images_check_the_ten_crop_only_when_used():
+    x = torch.randn(2, 1, 32, 32)
+    assert [v.shape for v in tta_views(x, "hflip")] == [x.shape, x.shape]
+    crops = list(tta_views(x, "ten_crop"))  # 11/12 of the side, resized back
+    assert len(crops) == 10 and all(v.shape == x.shape for v in crops)
+    with pytest.raises(ValueError, match="a 40-pixel crop does not fit a 32x32 image"):
+        list(tta_views(x, "ten_crop", crop=40))
