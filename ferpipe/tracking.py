@@ -15,6 +15,8 @@ transactions, is serialized across processes by a lock file beside it (`mlflow.d
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -89,19 +91,29 @@ def git_commit() -> str:
 
 def start_run(experiment: str, params: dict[str, Any], tags: dict[str, str],
               run_id: str | None = None) -> mlflow.ActiveRun:
-    """Start the pipeline's run: name = `DVC_EXP_NAME` when set; all params logged flattened.
+    """Start the pipeline's run; all params logged flattened.
 
-    Tags: git commit, `DVC_EXP_BASELINE_REV`, plus `tags` (device, torch version ...). With
-    `run_id` (a resumed training run) that run is reopened instead, and keeps its params.
+    Name: `DVC_EXP_NAME` under `dvc exp run`, otherwise `<commit>-<params hash>` (7 hex digits
+    of the git commit, 8 of a sha256 over the params used), so a plain `dvc repro` run is
+    recognisable and two runs of the same code and params share a name. Tags: the git commit,
+    `dvc_exp_name` and `dvc_exp_baseline_rev` when DVC sets them (never empty), the params hash,
+    plus `tags` (device, torch version ...). With `run_id` (a resumed training run) that run is
+    reopened instead, and keeps its params.
     """
     setup(experiment)
     if run_id:
         return mlflow.start_run(run_id=run_id)
-    run = mlflow.start_run(run_name=os.environ.get("DVC_EXP_NAME") or None)
-    mlflow.set_tags({"git_commit": git_commit(),
-                     "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
-                     "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""), **tags})
-    mlflow.log_params({k: "" if v is None else v for k, v in flatten(params).items()})
+    flat = flatten(params)
+    params_hash = hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()
+                                 ).hexdigest()[:8]
+    commit = git_commit()
+    name = os.environ.get("DVC_EXP_NAME") or f"{commit[:7] or 'nogit'}-{params_hash}"
+    run = mlflow.start_run(run_name=name)
+    dvc_tags = {"dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
+                "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV")}
+    mlflow.set_tags({"git_commit": commit, "params_hash": params_hash,
+                     **{k: v for k, v in dvc_tags.items() if v}, **tags})
+    mlflow.log_params({k: "" if v is None else v for k, v in flat.items()})
     return run
 
 

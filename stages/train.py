@@ -127,7 +127,10 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
         write_json(metrics, outs.file("metrics/train.json"))
     # Every file is in place: log them into the run, then drop the resume checkpoint.
     with tracking.resume_run(out / "mlflow_run.json"):
-        mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        # Run summaries under summary/: they must not share a key with a per-epoch series
+        # (images_per_s) and are grouped apart from the curves in MLflow's charts.
+        mlflow.log_metrics({f"summary/{k}": v for k, v in metrics.items()
+                            if isinstance(v, (int, float))})
         mlflow.log_artifact("metrics/history.csv")
         tracking.log_model(out / "model.pt")
     if resume is not None:

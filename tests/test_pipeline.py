@@ -98,6 +98,15 @@ def test_mlflow_holds_one_complete_run(repo):
     assert run.data.tags["device"] == "cpu" and run.data.tags["torch_version"]
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert [m.step for m in history] == list(range(1, EPOCHS + 1))
+    # per-epoch series hold only the epochs; the run's summaries have keys of their own
+    speeds = client.get_metric_history(run.info.run_id, "images_per_s")
+    assert [m.step for m in speeds] == list(range(1, EPOCHS + 1))
+    train = json.loads((r / "metrics/train.json").read_text())
+    assert run.data.metrics["summary/images_per_s"] == pytest.approx(train["images_per_s"])
+    # a plain dvc repro run is named <commit>-<params hash>; no tag is empty
+    commit = sh(["git", "rev-parse", "HEAD"], r, repo["env"], stdout_only=True).strip()
+    assert run.info.run_name == f"{commit[:7]}-{run.data.tags['params_hash']}"
+    assert all(run.data.tags.values()) and "dvc_exp_name" not in run.data.tags
     evaluation = json.loads((r / "metrics/eval.json").read_text())
     assert run.data.metrics["test_accuracy"] == pytest.approx(evaluation["accuracy"])
     assert run.data.metrics["test_macro_f1"] == pytest.approx(evaluation["macro_f1"])
