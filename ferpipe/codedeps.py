@@ -14,7 +14,6 @@ from pathlib import Path
 
 #: The package's folder.
 PACKAGE_DIR = Path(__file__).resolve().parent
-PACKAGE = PACKAGE_DIR.name
 
 
 def direct_imports(path: Path, package_dir: Path = PACKAGE_DIR) -> set[str]:

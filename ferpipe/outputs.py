@@ -80,9 +80,8 @@ def output_conflicts(outputs: list[tuple[str, str, bool]], inputs: list[tuple[st
     return problems
 
 
-def _own_files(folder: Path, stage: str, names: set[str]) -> list[Path] | None:
-    """The files of an existing `folder` when it is `stage`'s own output (see the module doc),
-    else None."""
+def _is_own(folder: Path, stage: str, names: set[str]) -> bool:
+    """Whether the existing `folder` is `stage`'s own output (see the module doc)."""
     entries = list(folder.iterdir())
     manifest = folder / MANIFEST
     listed: set[str] = set(names)
@@ -90,14 +89,12 @@ def _own_files(folder: Path, stage: str, names: set[str]) -> list[Path] | None:
         try:
             content = json.loads(manifest.read_text())
         except (OSError, ValueError):
-            return None
+            return False
         if not isinstance(content, dict) or content.get("stage") != stage:
-            return None
+            return False
         listed = set(content.get("files", [])) | {MANIFEST}
-    if all(entry.name in listed and entry.is_file() and not entry.is_symlink()
-           for entry in entries):
-        return entries
-    return None
+    return all(entry.name in listed and entry.is_file() and not entry.is_symlink()
+               for entry in entries)
 
 
 def check_replaceable(folder: Path, stage: str, names: set[str]) -> None:
@@ -110,7 +107,7 @@ def check_replaceable(folder: Path, stage: str, names: set[str]) -> None:
         raise OutputError(f"{folder}: is {'a link' if folder.is_symlink() else 'a file'}, not a "
                           f"folder the {stage} stage wrote; move it away or choose another "
                           f"output path")
-    if not folder.is_dir() or _own_files(folder, stage, names) is not None:
+    if not folder.is_dir() or _is_own(folder, stage, names):
         return
     entries = sorted(entry.name for entry in folder.iterdir())
     shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")

@@ -41,16 +41,11 @@ ClassWeights = Literal["none", "inverse_frequency"]
 TtaMode = Literal["none", "hflip", "ten_crop"]
 Scheduler = Literal["one_cycle", "plateau"]
 
-#: Model architectures (see `ferpipe.model.build_model`).
-ARCHS: tuple[str, ...] = get_args(Arch)
 #: ResNet18 stems (see `ferpipe.model.build_model`).
 STEMS: tuple[str, ...] = get_args(Stem)
-OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 AMP_MODES: tuple[str, ...] = get_args(AmpMode)
-CLASS_WEIGHTS: tuple[str, ...] = get_args(ClassWeights)
 #: Test-time augmentation modes (see `ferpipe.inference.tta_views`).
 TTA_MODES: tuple[str, ...] = get_args(TtaMode)
-SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 
 #: The largest seed: numpy and scikit-learn take seeds in 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
