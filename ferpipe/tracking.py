@@ -66,16 +66,27 @@ def artifact_location(experiment: str) -> str:
     return (repo_root() / "mlartifacts" / experiment).as_uri()
 
 
+#: MLflow 3's experiment-kind tag: without it the UI may open an experiment on its GenAI overview
+#: (traces, latency); "custom_model_development" opens it on the training runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def setup(experiment: str) -> str:
-    """Point MLflow at the store and select (creating if needed) `experiment`; returns its id."""
+    """Point MLflow at the store and select (creating if needed) `experiment`; returns its id.
+
+    The experiment is tagged EXPERIMENT_KIND (also an existing one that lacks the tag)."""
     mlflow.set_tracking_uri(tracking_uri())
     with _store_lock():  # the first connection creates the tables: one process at a time
         found = mlflow.get_experiment_by_name(experiment)
         if found is not None:
             exp_id = found.experiment_id
+            missing = {k: v for k, v in EXPERIMENT_KIND.items() if found.tags.get(k) != v}
         else:
             exp_id = mlflow.create_experiment(experiment, artifact_location=artifact_location(
-                experiment))
+                experiment), tags=EXPERIMENT_KIND)
+            missing = {}
+        for key, value in missing.items():
+            mlflow.MlflowClient().set_experiment_tag(exp_id, key, value)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
@@ -147,6 +158,10 @@ def log_model(checkpoint: str | Path, name: str = "model") -> None:
     accepts any batch size: input float32 (B, 1, S, S),
     normalized with the checkpoint's mean/std; output float32 logits (B, 7). The checkpoint file
     (with class names and normalization) is logged beside it.
+
+    It is pickled (`serialization_format="pickle"`, with the `ferpipe` package as code, for
+    `model.arch: small_cnn`), so `mlflow.pytorch.load_model` gives back the model's own module
+    (a torchvision ResNet) rather than MLflow 3's default, a `torch.export` GraphModule.
     """
     import mlflow.pytorch
     import numpy as np
@@ -158,6 +173,8 @@ def log_model(checkpoint: str | Path, name: str = "model") -> None:
     size = int(ckpt.get("input_size", ckpt["image_size"]))  # the training crop, if any
     example = np.zeros((2, 1, size, size), dtype=np.float32)
     mlflow.pytorch.log_model(model, name=name, input_example=example,
+                             serialization_format="pickle",
+                             code_paths=[str(Path(__file__).resolve().parent)],
                              pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                                                f"mlflow=={mlflow.__version__}"])
     mlflow.log_artifact(str(checkpoint), artifact_path="checkpoint")

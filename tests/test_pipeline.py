@@ -116,7 +116,10 @@ def test_mlflow_holds_one_complete_run(repo):
         (r / "mlartifacts").as_uri())
 
     mlflow.set_tracking_uri(f"sqlite:///{r / 'mlflow.db'}")
+    assert client.get_experiment(run.info.experiment_id).tags[
+        "mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    assert type(model).__name__ == "ResNet"  # the module itself, not a torch.export graph
     assert model(torch.zeros(3, 1, 48, 48)).shape == (3, 7)
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     assert np.asarray(pyfunc.predict(np.zeros((5, 1, 48, 48), np.float32))).shape == (5, 7)
