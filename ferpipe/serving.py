@@ -1,27 +1,74 @@
-"""The served model: an MLflow pyfunc that takes raw grayscale pixels and returns named probabilities,
-and its registration in the MLflow model registry.
+"""The served model: an MLflow pyfunc that classifies photos (faces found and cropped as by the
+predict command) or 48 x 48 face crops given as pixels, and its registration in the MLflow model
+registry.
 
-Request (`mlflow models serve` / `POST /invocations`): `{"inputs": [<image>, ...]}`, each image 48 x 48
-grayscale pixel values **0-255** (not normalized; the model applies the training normalization
-itself) as 48 lists of 48 numbers, so a batch is (B, 48, 48) (the logged signature). Optional
-`"params": {"tta": "hflip"}` (none | hflip | ten_crop). Response: `{"predictions": [{"angry": p,
-..., "surprise": p}, ...]}`, one mapping of class name to probability per image.
+Requests (`mlflow models serve` / `POST /invocations`, JSON), one of:
+
+- photos: `{"inputs": {"image": ["<base64 PNG/JPEG/...>", ...]}}` (a `data:image/...;base64,`
+  prefix and line breaks are allowed). Each photo is decoded as `ferpipe-predict` reads a file,
+  its faces are found and cropped by `ferpipe.predict.Predictor`, and the answer is one object
+  per face, largest first: `{"image": <index in the request>, "face": <index in the image>,
+  "box": [x, y, width, height] (pixels of the photo), "expression": name, "probability": p,
+  "probabilities": {name: p, ...}, "whole_image": bool}` (`whole_image`: no face was found, the
+  whole photo was classified).
+- pixels: `{"inputs": [<image>, ...]}`, each image a 48 x 48 grayscale face crop as 48 lists of
+  48 numbers **0-255** (not normalized; the model applies the training normalization), a batch
+  (B, 48, 48). An image whose values all lie within 0-1 (and are not all 0) is refused as
+  normalized. The answer is one `{"angry": p, ..., "surprise": p}` per image.
+
+Optional `"params": {"tta": "hflip"}` (none | hflip | ten_crop). The response is
+`{"predictions": [...]}`; a bad request gets HTTP 400 and `{"error_code":
+"INVALID_PARAMETER_VALUE", "message": "<what was expected>", ...}`. The model is logged without an
+input schema (one schema cannot admit both kinds of input; the model checks its input itself) and
+with a params schema for `tta`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+import re
+import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from ferpipe.errors import shorten
 from ferpipe.params import TTA_MODES
 
 #: Artifact path of the serving model inside the run.
 SERVING_MODEL = "expression_model"
+#: The request key (input name) of base64-encoded photos.
+IMAGE_KEY = "image"
+
+
+class BadRequest(MlflowException):
+    """A request the served model refuses: HTTP 400, error code INVALID_PARAMETER_VALUE, and this
+    message alone as the response's `message`.
+
+    MLflow's scoring server rewrites the message of an MlflowException raised by `predict` to
+    `Failed to predict data '<the whole request data>'. Error: ...`; this exception keeps its own
+    message (a request can be megabytes of base64), so the response body is one short line.
+    """
+
+    def __init__(self, message: str) -> None:
+        self._own_message = message
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._own_message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        """Ignored: the message is the one given to the constructor."""
 
 
 class ExpressionModel(mlflow.pyfunc.PythonModel):
@@ -31,69 +78,158 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
         from ferpipe.inference import Classifier
 
         self.classifier = Classifier.from_checkpoint(context.artifacts["checkpoint"])
+        self.local = threading.local()  # a face detector per serving thread (OpenCV's cascade
+        # is not documented as safe to share between threads)
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow reads them
-        """Probabilities per class for a batch of 0-255 grayscale images.
+        """Classify photos or 48 x 48 pixel face crops (see the module docstring).
 
         Args:
-            model_input: array-like (B, S, S), S = the checkpoint's image size (48), values
-                0-255.
+            model_input: photos: a mapping or DataFrame whose only key / column is `image`,
+                base64-encoded image files (str); pixels: array-like (B, S, S), S = the
+                checkpoint's image size (48), values 0-255.
             params: {"tta": "none" | "hflip" | "ten_crop"} (default none).
 
         Returns:
-            DataFrame (B rows, one float column per class name) of probabilities.
+            photos: a list of one dict per face (image, face, box [x, y, w, h] in pixels,
+            expression, probability, probabilities, whole_image); pixels: a DataFrame (B rows,
+            one float column per class name) of probabilities.
 
         Raises:
-            ValueError: another shape, values outside 0-255, or an unknown `tta`.
+            BadRequest: an unknown `tta`; a photo that is not base64 or not an image; pixels of
+                another shape, not numbers, outside 0-255 or looking normalized (0-1); no images.
         """
-        images = to_pixels(model_input, self.classifier.image_size)
-        tta = (params or {}).get("tta", "none")
-        if tta not in TTA_MODES:
-            raise ValueError(f"params.tta: got {shorten(tta)}; expected one of {list(TTA_MODES)}")
-        probs = self.classifier.predict(images, tta=tta)
-        return pd.DataFrame(probs, columns=self.classifier.class_names)
+        from ferpipe.predict import FaceDetector, Predictor
+
+        try:
+            tta = (params or {}).get("tta") or "none"
+            if tta not in TTA_MODES:
+                raise ValueError(f"params.tta: got {shorten(tta)}; expected one of "
+                                 f"{list(TTA_MODES)}")
+            photos = photo_column(model_input)
+            if photos is None:
+                images = to_pixels(model_input, self.classifier.image_size)
+            else:
+                grays = [decode_photo(text, f"{IMAGE_KEY}[{i}]") for i, text in enumerate(photos)]
+        except ValueError as err:
+            raise BadRequest(str(err)) from None
+        if photos is None:
+            probs = self.classifier.predict(images, tta=tta)
+            return pd.DataFrame(probs, columns=self.classifier.class_names)
+        if not hasattr(self.local, "detector"):
+            self.local.detector = FaceDetector()
+        predictor = Predictor(self.classifier, self.local.detector, tta=tta)
+        return [{"image": i, **{k: v for k, v in p.as_dict().items() if k != "file"}}
+                for i, gray in enumerate(grays) for p in predictor.predict_image(gray, str(i))]
+
+
+def photo_column(model_input: Any) -> list[Any] | None:
+    """The values of the `image` input when `model_input` is a mapping or DataFrame (photos), else
+    None (pixels).
+
+    Raises:
+        ValueError: a mapping or DataFrame with another key or column, or with no images.
+    """
+    if isinstance(model_input, pd.DataFrame):
+        keys, column = list(model_input.columns), model_input.get(IMAGE_KEY)
+    elif isinstance(model_input, dict):
+        keys, column = list(model_input), model_input.get(IMAGE_KEY)
+    else:
+        return None
+    if keys != [IMAGE_KEY]:
+        raise ValueError(f"expected the one input {IMAGE_KEY!r} (base64-encoded photos) or a list "
+                         f"of 48x48 pixel arrays; got inputs {shorten(keys)}")
+    values = np.asarray(column, dtype=object).reshape(-1).tolist()
+    if not values:
+        raise ValueError(f"expected at least one photo in {IMAGE_KEY!r}; got none")
+    return values
+
+
+def decode_photo(text: Any, name: str) -> np.ndarray:
+    """The grayscale uint8 (H, W) pixels of a base64-encoded image file (PNG, JPEG, ... anything
+    Pillow reads), decoded by `ferpipe.predict.load_gray` as the predict command reads a file.
+    A `data:...;base64,` prefix and whitespace (line breaks) are allowed.
+
+    Raises:
+        ValueError: not a string, not base64, not an image, or over Pillow's
+            decompression-bomb limit; the message starts with `name`.
+    """
+    from PIL import Image
+
+    from ferpipe.predict import load_gray
+
+    if not isinstance(text, str):
+        raise ValueError(f"{name}: expected a base64-encoded image file (a string); got "
+                         f"{type(text).__name__}")
+    try:
+        data = base64.b64decode(re.sub(r"^data:[^,]*;base64,|\s+", "", text), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{name}: not valid base64") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return load_gray(io.BytesIO(data))[1]
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ValueError(f"{name}: image too large (over {Image.MAX_IMAGE_PIXELS} pixels)") \
+            from None
+    except Exception:  # Pillow raises many kinds on corrupt data; none is the server's fault
+        raise ValueError(f"{name}: not an image file Pillow can read (PNG, JPEG, ...)") from None
 
 
 def to_pixels(model_input: Any, size: int) -> np.ndarray:
-    """uint8 (B, size, size) from array-like pixels in 0-255 of shape (B, size, size).
+    """uint8 (B, size, size) from array-like pixels in 0-255 of shape (B, size, size), rounded.
 
     Raises:
-        ValueError: another shape, or values outside 0-255.
+        ValueError: no images, another shape, values that are not numbers, outside 0-255
+            (NaN included), or an image whose values all lie within 0-1 and are not all 0
+            (normalized pixels: refused, they would give wrong answers).
     """
-    x = np.asarray(model_input, dtype=np.float32)
+    try:
+        x = np.asarray(model_input, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise ValueError("expected pixel values 0-255 (numbers) as (B, "
+                         f"{size}, {size}), or {{{IMAGE_KEY!r}: [base64 photos]}}") from None
+    if x.ndim >= 1 and len(x) == 0:
+        raise ValueError("expected at least one image; got none")
     if x.ndim != 3 or x.shape[1:] != (size, size):
         raise ValueError(f"expected images of {size}x{size} pixels as (B, {size}, {size}); got "
                          f"shape {x.shape}")
-    if x.size and (x.min() < 0 or x.max() > 255):
-        raise ValueError(f"expected pixel values 0-255 (not normalized); got {x.min()}..{x.max()}")
+    if not ((x >= 0) & (x <= 255)).all():
+        got = "NaN" if np.isnan(x).any() else f"{x.min()}..{x.max()}"
+        raise ValueError(f"expected pixel values 0-255 (not normalized); got {got}")
+    peak = x.reshape(len(x), -1).max(axis=1)
+    normalized = np.flatnonzero((peak > 0) & (peak <= 1))
+    if normalized.size:
+        i = int(normalized[0])
+        raise ValueError(f"expected pixel values 0-255, not normalized ones: image {i} has "
+                         f"values only within 0-1 (max {peak[i]:.3g})")
     return np.rint(x).astype(np.uint8)
 
 
 def log_serving_model(checkpoint: str | Path, example: np.ndarray) -> str:
-    """Log the checkpoint as the pyfunc `expression_model` of the active run.
+    """Log the checkpoint as the pyfunc `expression_model` of the active run: no input schema
+    (the model takes photos or pixels and checks them itself), a params schema for `tta`.
 
     Args:
         checkpoint: the train stage's checkpoint file.
-        example: float32 (B, S, S) pixels 0-255: the input example (and the signature's input).
+        example: float32 (B, S, S) pixels 0-255: the input example (`serving_input_example.json`).
 
     Returns:
         The model URI (`models:/m-...`).
     """
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec
 
-    from ferpipe.inference import Classifier
-
-    classifier = Classifier.from_checkpoint(checkpoint)
-    output = pd.DataFrame(classifier.predict(to_pixels(example, classifier.image_size)),
-                          columns=classifier.class_names)
-    signature = infer_signature(example, output, params={"tta": "none"})
+    signature = ModelSignature(params=ParamSchema([ParamSpec("tta", "string", "none")]))
     package = Path(__file__).resolve().parent
     info = mlflow.pyfunc.log_model(
         name=SERVING_MODEL, python_model=ExpressionModel(),
         artifacts={"checkpoint": str(checkpoint)}, code_paths=[str(package)],
         input_example=example, signature=signature,
         pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={_version('torch')}",
-                          f"torchvision=={_version('torchvision')}", "numpy", "pandas"])
+                          f"torchvision=={_version('torchvision')}", "numpy", "pandas",
+                          f"pillow=={_version('pillow')}",
+                          f"opencv-python-headless=={_version('opencv-python-headless')}"])
     return info.model_uri
 
 

@@ -166,28 +166,6 @@ def test_cli_table_and_help(checkpoint, photos, capsys):
     assert proc.returncode == 0 and "--annotate DIR" in proc.stdout and "--json" in proc.stdout
 
 
-def test_served_model_takes_0_255_pixels_and_names_the_classes(checkpoint):
-    from types import SimpleNamespace
-
-    from ferpipe.serving import ExpressionModel, to_pixels
-
-    model = ExpressionModel()
-    model.load_context(SimpleNamespace(artifacts={"checkpoint": str(checkpoint)}))
-    images = np.stack([face_like(c, np.random.default_rng(c)) for c in range(3)])
-    out = model.predict(None, images.astype(np.float32).tolist())
-    assert list(out.columns) == list(CLASS_NAMES) and out.shape == (3, 7)
-    expected = Classifier.from_checkpoint(checkpoint).predict(images)
-    np.testing.assert_allclose(out.to_numpy(), expected, atol=1e-6)
-    flipped = model.predict(None, images, params={"tta": "hflip"})
-    assert not np.allclose(flipped.to_numpy(), expected)
-    np.testing.assert_array_equal(to_pixels([[[0.4, 254.6] * 24] * 48], 48)[0, 0, :2], [0, 255])
-    with pytest.raises(ValueError, match=r"expected images of 48x48 pixels as \(B, 48, 48\); got "
-                                         r"shape \(1, 2304\)"):
-        to_pixels(np.zeros((1, 2304)), 48)
-    with pytest.raises(ValueError, match="expected pixel values 0-255 .not normalized.; got -1"):
-        to_pixels(np.full((1, 48, 48), -1.0), 48)
-
-
 # --------------------------------------------------------------------------- hostile input
 
 

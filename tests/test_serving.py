@@ -1,0 +1,215 @@
+"""The served model through a real `mlflow models serve` on a loopback port: photos and pixel
+crops answer as the predict command and the classifier do; every bad request gets HTTP 400 with
+one short message."""
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from ferpipe.data import CLASS_NAMES
+from ferpipe.inference import Classifier
+from ferpipe.model import build_model, save_checkpoint
+from ferpipe.predict import Predictor, load_gray
+from ferpipe.serving import ExpressionModel, log_serving_model, to_pixels
+from tests.fakedata import default_params, face_like
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    arch = default_params(model={"stem": "standard"}).model
+    save_checkpoint(path, build_model(arch), class_names=list(CLASS_NAMES),
+                    mean=0.5, std=0.25, image_size=48, params={"model": arch.model_dump()})
+    return path
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, tmp_path_factory):
+    """URL of `mlflow models serve` of the model `log_serving_model` logs into a temp SQLite
+    store (artifacts in the temp folder too)."""
+    tmp = tmp_path_factory.mktemp("serve")
+    store = f"sqlite:///{tmp / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store)
+    try:
+        experiment = mlflow.create_experiment("serving", (tmp / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
+            example = np.stack([np.full((48, 48), 128.0),
+                                np.tile(np.linspace(0, 255, 48), (48, 1))]).astype(np.float32)
+            uri = log_serving_model(checkpoint, example)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri,
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                            cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, "the server did not answer /ping"
+            time.sleep(1)
+        yield f"{url}/invocations"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def post(url, body):
+    """(HTTP status, raw response body) of a JSON POST."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def encoded(image: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def encode(image: np.ndarray, fmt: str) -> str:
+    return base64.b64encode(encoded(image, fmt)).decode()
+
+
+def test_photos_answer_as_the_predict_command_does(server, checkpoint):
+    astronaut = skdata.astronaut()
+    files = [encoded(astronaut, "PNG"), encoded(astronaut, "JPEG"),
+             encoded(face_like(3, np.random.default_rng(0)), "PNG")]
+    jpeg = base64.b64encode(files[1]).decode()
+    wrapped = "\n".join(jpeg[i:i + 76] for i in range(0, len(jpeg), 76))  # as `base64` writes
+    photos = [base64.b64encode(files[0]).decode(), "data:image/jpeg;base64," + wrapped,
+              base64.b64encode(files[2]).decode()]
+    status, body = post(server, {"inputs": {"image": photos}, "params": {"tta": "hflip"}})
+    assert status == 200, body
+    answers = json.loads(body)["predictions"]
+
+    predictor = Predictor(Classifier.from_checkpoint(checkpoint), tta="hflip")
+    expected = [p.as_dict() for data in files
+                for p in predictor.predict_image(load_gray(io.BytesIO(data))[1], "x")]
+    assert [a["image"] for a in answers] == [0, 1, 2]  # one face in each, the crop whole
+    for answer, want in zip(answers, expected):
+        assert answer["box"] == want["box"] and answer["face"] == want["face"] == 0
+        assert answer["whole_image"] == want["whole_image"]
+        assert answer["expression"] == want["expression"]
+        assert answer["probability"] == pytest.approx(want["probability"], abs=1e-5)
+        assert answer["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
+    assert answers[0]["whole_image"] is False and answers[2]["whole_image"] is True
+    assert answers[0]["box"] == [174, 64, 99, 99]  # the astronaut's face, pixels of the photo
+    assert answers[2]["box"] == [0, 0, 48, 48]
+    assert set(answers[0]["probabilities"]) == set(CLASS_NAMES)
+
+
+def test_pixel_crops_answer_as_the_classifier_does(server, checkpoint):
+    images = np.stack([face_like(c, np.random.default_rng(c)) for c in range(3)])
+    images[2] = 0  # an all-black image is not taken for normalized pixels
+    status, body = post(server, {"inputs": images.tolist()})
+    assert status == 200, body
+    answers = json.loads(body)["predictions"]
+    expected = Classifier.from_checkpoint(checkpoint).predict(images)
+    assert [list(a) for a in answers] == [list(CLASS_NAMES)] * 3
+    np.testing.assert_allclose([list(a.values()) for a in answers], expected, atol=1e-5)
+    status, body = post(server, {"inputs": images[:1].tolist(), "params": {"tta": "ten_crop"}})
+    assert status == 200 and json.loads(body)["predictions"][0] != answers[0]
+
+
+FACE = face_like(1, np.random.default_rng(1))
+PIXELS = "expected pixel values 0-255 (not normalized); got"
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"inputs": [FACE.tolist()], "params": {"tta": "vflip"}},
+     "params.tta: got 'vflip'; expected one of ['none', 'hflip', 'ten_crop']"),
+    ({"inputs": [(FACE * 2.0).tolist()]}, f"{PIXELS} {FACE.min() * 2.0}..{FACE.max() * 2.0}"),
+    ({"inputs": [(FACE - 300.0).tolist()]}, f"{PIXELS} {FACE.min() - 300.0}..{FACE.max() - 300.0}"),
+    ({"inputs": [[[float("nan")] * 48] * 48]}, f"{PIXELS} NaN"),
+    ({"inputs": [FACE.tolist(), (FACE / 255).tolist()]},
+     "expected pixel values 0-255, not normalized ones: image 1 has values only within 0-1 "
+     f"(max {FACE.max() / 255:.3g})"),
+    ({"inputs": []}, "expected at least one image; got none"),
+    ({"inputs": [FACE.ravel().tolist()]},
+     "expected images of 48x48 pixels as (B, 48, 48); got shape (1, 2304)"),
+    ({"inputs": [[["dark"] * 48] * 48]},
+     "expected pixel values 0-255 (numbers) as (B, 48, 48), or {'image': [base64 photos]}"),
+    ({"inputs": {"image": []}}, "expected at least one photo in 'image'; got none"),
+    ({"inputs": {"image": ["iVBORw0K" * 5000 + "!"]}}, "image[0]: not valid base64"),
+    ({"inputs": {"image": [encode(FACE, "PNG"), base64.b64encode(b"GIF89a" * 9999).decode()]}},
+     "image[1]: not an image file Pillow can read (PNG, JPEG, ...)"),
+    ({"inputs": {"image": [17]}}, "image[0]: expected a base64-encoded image file (a string); "
+                                  "got int"),
+    ({"inputs": {"photo": ["iVBORw0K"]}}, "expected the one input 'image' (base64-encoded "
+                                          "photos) or a list of 48x48 pixel arrays; got inputs "
+                                          "['photo']"),
+], ids=["tta", "over-255", "negative", "nan", "normalized", "empty", "flat", "non-numeric",
+        "no-photos", "not-base64", "not-an-image", "photo-not-a-string", "unknown-input"])
+def test_a_bad_request_gets_400_and_one_short_message(server, body, message):
+    status, text = post(server, body)
+    assert status == 400, text
+    error = json.loads(text)
+    assert error["error_code"] == "INVALID_PARAMETER_VALUE" and error["message"] == message
+    assert set(error) <= {"error_code", "message", "sqlstate", "error_class"}  # no stack_trace
+
+
+def test_a_ragged_array_gets_mlflows_own_short_400(server):
+    """Rejected while MLflow parses the request (no input schema: nothing else is checked
+    before the model), without echoing the input or a traceback."""
+    status, text = post(server, {"inputs": [[[1.0] * 48] * 47 + [[1.0] * 3]]})
+    assert status == 400, text
+    error = json.loads(text)
+    assert "inhomogeneous shape" in error["message"] and len(error["message"]) < 250
+    assert set(error) == {"error_code", "message", "sqlstate", "error_class"}
+
+
+def test_the_model_rounds_pixels_and_names_the_classes(checkpoint):
+    model = ExpressionModel()
+    model.load_context(SimpleNamespace(artifacts={"checkpoint": str(checkpoint)}))
+    images = np.stack([face_like(c, np.random.default_rng(c)) for c in range(3)])
+    out = model.predict(None, images.astype(np.float32).tolist())
+    assert list(out.columns) == list(CLASS_NAMES) and out.shape == (3, 7)
+    expected = Classifier.from_checkpoint(checkpoint).predict(images)
+    np.testing.assert_allclose(out.to_numpy(), expected, atol=1e-6)
+    np.testing.assert_array_equal(to_pixels([[[0.4, 254.6] * 24] * 48], 48)[0, 0, :2], [0, 255])
