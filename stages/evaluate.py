@@ -2,6 +2,11 @@
 without test-time augmentation, run it on a real photo, and register it in the MLflow model
 registry.
 
+Writes metrics/summary.json (the headline figures: the DVC metrics file), metrics/eval.json (the
+detail: test metrics per class, without TTA, and a val table of every TTA mode and logit
+adjustment to choose evaluate.tta and evaluate.logit_adjustment on), the confusion pairs and the
+classification report.
+
 The photo is scikit-image's public-domain NASA portrait (`skimage.data.astronaut()`), put through
 the predict command's face detection and drawn with its prediction to metrics/astronaut.png."""
 
@@ -15,20 +20,36 @@ from PIL import Image
 from skimage import data as skdata
 
 from ferpipe import serving, tracking
-from ferpipe.data import load_split, write_json
+from ferpipe.data import load_split, read_json, write_json
 from ferpipe.device import resolve_device
 from ferpipe.errors import run_main
 from ferpipe.inference import Classifier, adjust_logits, predict_log_proba
 from ferpipe.metrics import classification_metrics, report_text
 from ferpipe.outputs import stage_outputs
-from ferpipe.params import flatten, load_params, stage_args
+from ferpipe.params import TTA_MODES, load_params, stage_args
 from ferpipe.predict import Predictor, annotate
 
-#: Metrics also reported without TTA, so `dvc exp show` shows the gain.
-COMPARED = ("accuracy", "macro_f1", "top2_accuracy", "loss")
-#: Metrics reported for the val split, to choose evaluation settings on val, never on test.
-VAL_REPORTED = ("accuracy", "balanced_accuracy", "macro_f1", "loss")
+#: Post-hoc logit-adjustment strengths scored on val (with every TTA mode), so that
+#: evaluate.logit_adjustment and evaluate.tta are chosen on val, never on test.
+VAL_TAUS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: What the val table and the test metrics report per setting.
+REPORTED = ("accuracy", "balanced_accuracy", "macro_f1")
 
+
+def headline(test: dict, no_tta: dict, train: dict, data: dict) -> dict:
+    """The figures `dvc metrics show` and `dvc exp show` list (metrics/summary.json): flat keys
+    named `<split>_<metric>[_<variant>]`, as the MLflow run's `summary/` metrics.
+
+    Args:
+        test, no_tta: `classification_metrics` of the test split with and without TTA.
+        train, data: metrics/train.json and metrics/data.json.
+    """
+    return {"test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+            "test_balanced_accuracy": test["balanced_accuracy"],
+            "test_accuracy_no_tta": no_tta["accuracy"],
+            "best_val_accuracy": train["best_val_accuracy"],
+            "train_minutes": train["train_minutes"], "images_per_s": train["images_per_s"],
+            "train_images": data["train"]["images"], "test_images": data["test"]["images"]}
 
 
 def main() -> None:
@@ -37,32 +58,38 @@ def main() -> None:
     device = resolve_device(cfg.device, "evaluate.device")
     model = classifier.model.to(device)
     ctx = replace(classifier.ctx, device=device)
-    test = load_split(cfg.test)
-    names = classifier.class_names
+    test, val = load_split(cfg.test), load_split(cfg.val)
+    names, counts = classifier.class_names, classifier.class_counts
 
-    def score(tta: str, split: dict = test) -> tuple[dict, torch.Tensor]:
+    def log_probs(split: dict, tta: str) -> torch.Tensor:
+        return predict_log_proba(model, split["images"], ctx, tta, cfg.tta_crop, cfg.batch_size)
+
+    def score(scores: torch.Tensor, split: dict, tau: float) -> dict:
         # log-probabilities are logits too (softmax(log p) = p): the metrics take them as such
-        log_probs = adjust_logits(predict_log_proba(model, split["images"], ctx, tta,
-                                                    cfg.tta_crop, cfg.batch_size),
-                                  classifier.class_counts, cfg.logit_adjustment)
-        return classification_metrics(log_probs, split["labels"], names), log_probs
+        return classification_metrics(adjust_logits(scores, counts, tau), split["labels"], names)
 
-    plain, log_probs = score("none")
-    if cfg.tta == "none":
-        metrics = plain
-    else:
-        metrics, log_probs = score(cfg.tta)
-    # The same evaluation on val: settings such as evaluate.logit_adjustment are chosen on these.
-    val_metrics, _ = score(cfg.tta, load_split(cfg.val))
-    metrics = {**metrics, "tta": cfg.tta, "logit_adjustment": cfg.logit_adjustment,
-               "no_tta": {key: plain[key] for key in COMPARED},
-               "tta_gain": metrics["accuracy"] - plain["accuracy"],
-               "val": {key: val_metrics[key] for key in VAL_REPORTED}}
-    pred = log_probs.argmax(1).numpy()
+    # Val, every setting: the table evaluate.tta and evaluate.logit_adjustment are chosen from.
+    val_settings = []
+    for tta in TTA_MODES:
+        scores = log_probs(val, tta)
+        for tau in sorted({*VAL_TAUS, cfg.logit_adjustment}):
+            scored = score(scores, val, tau)
+            val_settings.append({"tta": tta, "logit_adjustment": tau,
+                                 **{f"val_{k}": scored[k] for k in REPORTED}})
+    # Test, once: the configured setting, and the same without TTA.
+    plain = log_probs(test, "none")
+    scores = plain if cfg.tta == "none" else log_probs(test, cfg.tta)
+    no_tta, metrics = (score(s, test, cfg.logit_adjustment) for s in (plain, scores))
+    pred = adjust_logits(scores, counts, cfg.logit_adjustment).argmax(1).numpy()
+    evaluation = {"tta": cfg.tta, "logit_adjustment": cfg.logit_adjustment, "test": metrics,
+                  "test_no_tta": {k: no_tta[k] for k in (*REPORTED, "top2_accuracy", "loss")},
+                  "val_settings": val_settings}
+    summary = headline(metrics, no_tta, read_json("metrics/train.json"),
+                       read_json("metrics/data.json"))
     report = report_text(test["labels"], pred, names)
     print(report)
-    print(f"accuracy {metrics['accuracy']:.4f} with TTA {cfg.tta}, {plain['accuracy']:.4f} "
-          f"without ({metrics['tta_gain']:+.4f})")
+    print(f"test accuracy {metrics['accuracy']:.4f} with TTA {cfg.tta}, "
+          f"{no_tta['accuracy']:.4f} without; macro-F1 {metrics['macro_f1']:.4f}")
 
     photo = skdata.astronaut()
     model.cpu()  # the predict command's path, as a user runs it
@@ -70,7 +97,8 @@ def main() -> None:
         np.asarray(Image.fromarray(photo).convert("L")), "astronaut")
     print("astronaut: " + ", ".join(f"{f.expression} {f.probability:.2f}" for f in faces))
     with stage_outputs() as outs:
-        write_json(metrics, outs.file("metrics/eval.json"))
+        write_json(summary, outs.file("metrics/summary.json"))
+        write_json(evaluation, outs.file("metrics/eval.json"))
         outs.file("metrics/classification_report.txt").write_text(report)
         with open(outs.file("metrics/confusion.csv"), "w", newline="") as fh:
             writer = csv.writer(fh)
@@ -79,10 +107,14 @@ def main() -> None:
         annotate(photo, faces, outs.file("metrics/astronaut.png"))
 
     with tracking.resume_run(cfg.run) as run:
-        mlflow.log_metrics({f"test_{k}": v for k, v in flatten(metrics).items()
-                            if isinstance(v, (int, float))})
-        for path in ("metrics/eval.json", "metrics/classification_report.txt",
-                     "metrics/confusion.csv", "metrics/astronaut.png"):
+        # Run summaries under summary/, named as in metrics/summary.json (train's are there too)
+        per_class = {f"test_{measure}_{name}": values[measure]
+                     for name, values in metrics["per_class"].items()
+                     for measure in ("recall", "f1")}
+        mlflow.log_metrics({f"summary/{k}": v for k, v in {**summary, **per_class}.items()})
+        for path in ("metrics/summary.json", "metrics/eval.json",
+                     "metrics/classification_report.txt", "metrics/confusion.csv",
+                     "metrics/astronaut.png"):
             mlflow.log_artifact(path, artifact_path="eval")
         if cfg.registry:
             # A generated example (FER2013 images are not redistributed): mid-grey and a ramp.
@@ -92,7 +124,7 @@ def main() -> None:
             uri = serving.log_serving_model(cfg.model, example)
             version = serving.register(uri, cfg.registry_name, cfg.registry_alias, {
                 "test_accuracy": f"{metrics['accuracy']:.4f}", "tta": cfg.tta,
-                "test_accuracy_no_tta": f"{plain['accuracy']:.4f}",
+                "test_accuracy_no_tta": f"{no_tta['accuracy']:.4f}",
                 "run_id": run.info.run_id})
             print(f"registered models:/{cfg.registry_name}@{cfg.registry_alias} "
                   f"(version {version})")

@@ -22,8 +22,8 @@ def main() -> None:
     cfg = load_params(stage_args(__doc__).params).plot
     history = pd.read_csv("metrics/history.csv")
     pairs = pd.read_csv("metrics/confusion.csv")
-    evaluation = read_json("metrics/eval.json")
-    names = list(evaluation["per_class"])
+    per_class = read_json("metrics/eval.json")["test"]["per_class"]
+    names = list(per_class)
     actual, predicted = pairs["actual"].tolist(), pairs["predicted"].tolist()
     with stage_outputs() as outs:
         folder = outs.folder(cfg.out, "plot", set(PLOTS))
@@ -31,7 +31,7 @@ def main() -> None:
         plots.curves(history, "loss", folder / "loss.png")
         plots.learning_rate(pd.read_csv("metrics/lr.csv"), folder / "lr.png")
         plots.confusion(actual, predicted, names, folder / "confusion.png")
-        plots.per_class_f1(evaluation["per_class"], folder / "per_class_f1.png")
+        plots.per_class_f1(per_class, folder / "per_class_f1.png")
         plots.prediction_grid(load_split(cfg.test)["images"], actual, predicted,
                               outs.file(cfg.grid), n=cfg.grid_images, seed=cfg.seed)
     written = [*(Path(cfg.out) / name for name in PLOTS), Path(cfg.grid)]

@@ -51,6 +51,9 @@ def make_repo(repo: Path, archive: Path, **sections) -> dict:
     sh(["git", "init", "-q"], repo, env)
     sh(["dvc", "init", "-q"], repo, env)
     sh(["dvc", "config", "core.analytics", "false"], repo, env)
+    # the project's plot templates and offline plots page, configured as in .dvc/config
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
+    sh(["dvc", "config", "plots.html_template", "plots/offline.html"], repo, env)
     sh(["git", "add", "-A"], repo, env)
     sh(["git", "commit", "-qm", "init"], repo, env)
     return env

@@ -19,6 +19,7 @@ from skimage import data as skdata
 
 from ferpipe.predict import crop_face
 from tests.fakedata import face_like, make_image_folders, make_zip
+from tests.browser import render
 from tests.fakerepo import make_repo, read_csv, sh, store_runs
 
 EPOCHS = 2
@@ -67,12 +68,20 @@ def test_repro_writes_sane_outputs(repo):
     train = json.loads((r / "metrics/train.json").read_text())
     assert train["epochs"] == EPOCHS and 1 <= train["best_epoch"] <= EPOCHS
     assert train["best_val_accuracy"] == max(float(h["val_accuracy"]) for h in history)
-    evaluation = json.loads((r / "metrics/eval.json").read_text())
+    test = json.loads((r / "metrics/eval.json").read_text())["test"]
     for key in ("accuracy", "macro_f1", "weighted_f1", "top2_accuracy"):
-        assert 0 <= evaluation[key] <= 1
-    assert evaluation["top2_accuracy"] >= evaluation["accuracy"]
-    assert evaluation["n"] == repo["counts"]["test"]
-    assert sum(c["support"] for c in evaluation["per_class"].values()) == evaluation["n"]
+        assert 0 <= test[key] <= 1
+    assert test["top2_accuracy"] >= test["accuracy"]
+    assert test["n"] == repo["counts"]["test"]
+    assert sum(c["support"] for c in test["per_class"].values()) == test["n"]
+    summary = json.loads((r / "metrics/summary.json").read_text())
+    assert summary == {
+        "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+        "test_balanced_accuracy": test["balanced_accuracy"],
+        "test_accuracy_no_tta": summary["test_accuracy_no_tta"],
+        "best_val_accuracy": train["best_val_accuracy"],
+        "train_minutes": train["train_minutes"], "images_per_s": train["images_per_s"],
+        "train_images": data["train"]["images"], "test_images": repo["counts"]["test"]}
     assert len(read_csv(r / "metrics/confusion.csv")) == repo["counts"]["test"]
     assert "macro avg" in (r / "metrics/classification_report.txt").read_text()
 
@@ -107,9 +116,14 @@ def test_mlflow_holds_one_complete_run(repo):
     commit = sh(["git", "rev-parse", "HEAD"], r, repo["env"], stdout_only=True).strip()
     assert run.info.run_name == f"{commit[:7]}-{run.data.tags['params_hash']}"
     assert all(run.data.tags.values()) and "dvc_exp_name" not in run.data.tags
-    evaluation = json.loads((r / "metrics/eval.json").read_text())
-    assert run.data.metrics["test_accuracy"] == pytest.approx(evaluation["accuracy"])
-    assert run.data.metrics["test_macro_f1"] == pytest.approx(evaluation["macro_f1"])
+    # run summaries under summary/, named as in metrics/summary.json; no other key scheme
+    summary = json.loads((r / "metrics/summary.json").read_text())
+    for key, value in summary.items():
+        assert run.data.metrics[f"summary/{key}"] == pytest.approx(value)
+    assert run.data.metrics["summary/test_recall_disgust"] >= 0
+    per_epoch = {"train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                 "val_balanced_accuracy", "lr", "seconds", "images_per_s"}
+    assert {k for k in run.data.metrics if not k.startswith("summary/")} == per_epoch
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert "plots/confusion.png" in artifacts and len(artifacts) == 6
     assert client.get_experiment(run.info.experiment_id).artifact_location.startswith(
@@ -143,7 +157,7 @@ def find_experiment(shown, lr):
     return None
 
 
-def test_experiment_shows_up_and_plots_diff(repo):
+def test_experiment_shows_up_and_plots_diff(repo, tmp_path):
     r, env = repo["path"], repo["env"]
     sh(["git", "add", "-A"], r, env)
     sh(["git", "commit", "-qm", "baseline run"], r, env)
@@ -152,16 +166,29 @@ def test_experiment_shows_up_and_plots_diff(repo):
     found = find_experiment(shown, 0.01)
     assert found, "experiment with train.lr=0.01 not in dvc exp show"
     name, data = found
-    metrics = data["metrics"]["metrics/eval.json"]["data"]
-    assert 0 <= metrics["accuracy"] <= 1
+    # the headline figures are the one DVC metrics file
+    assert list(data["metrics"]) == ["metrics/summary.json"]
+    assert 0 <= data["metrics"]["metrics/summary.json"]["data"]["test_accuracy"] <= 1
 
     _, runs = store_runs(r)
     assert len(runs) == 2
     assert name in {run.info.run_name for run in runs}
 
-    sh(["dvc", "plots", "diff", "HEAD", name, "-o", "plots_diff"], r, env)
+    out = sh(["dvc", "plots", "diff", "HEAD", name, "-o", "plots_diff"], r, env)
+    assert "failed to load" not in out  # no plot depends on a file only DVC's cache holds
     html = (r / "plots_diff" / "index.html").read_text()
-    assert "Confusion matrix" in html and "Accuracy" in html
+    assert "Confusion matrix" in html and "Accuracy per epoch" in html
+    assert "cdn.jsdelivr" not in html
+    # Opened with no network, every vega chart renders (a canvas per chart): 4 charts.
+    dom = render((r / "plots_diff" / "index.html").as_uri())
+    assert dom.count("<canvas") == 4, dom[-3000:]
+    assert '"title": "accuracy"' in html and '"format": ".0%"' in html  # no "y"; percent
+    # DVC's default page loads vega from a CDN: offline its charts do not render at all.
+    default_page = tmp_path / "default.html"
+    default_page.write_text("<html><head>{scripts}</head><body>{plot_divs}</body></html>")
+    sh(["dvc", "plots", "diff", "HEAD", name, "-o", str(tmp_path / "plots_cdn"),
+        "--html-template", str(default_page)], r, env)
+    assert render((tmp_path / "plots_cdn" / "index.html").as_uri()).count("<canvas") == 0
 
 
 def test_temp_experiment_logs_into_the_main_store(repo):
@@ -205,17 +232,24 @@ REGISTERED = "models:/fer2013-resnet18@candidate"
 def test_evaluate_reports_tta_and_registers_the_model(repo):
     r = repo["path"]
     evaluation = json.loads((r / "metrics/eval.json").read_text())
-    assert evaluation["tta"] == "hflip"
-    assert set(evaluation["no_tta"]) == {"accuracy", "macro_f1", "top2_accuracy", "loss"}
-    assert evaluation["tta_gain"] == pytest.approx(evaluation["accuracy"]
-                                                   - evaluation["no_tta"]["accuracy"])
+    assert evaluation["tta"] == "hflip" and evaluation["logit_adjustment"] == 0
+    assert set(evaluation["test_no_tta"]) == {"accuracy", "balanced_accuracy", "macro_f1",
+                                              "top2_accuracy", "loss"}
+    # val, every TTA mode x logit adjustment: what evaluate.tta/logit_adjustment are chosen on
+    table = evaluation["val_settings"]
+    assert {(row["tta"], row["logit_adjustment"]) for row in table} == {
+        (tta, tau) for tta in ("none", "hflip", "ten_crop")
+        for tau in (0.0, 0.25, 0.5, 0.75, 1.0)}
+    assert all(0 <= row["val_accuracy"] <= 1 for row in table)
+    summary = json.loads((r / "metrics/summary.json").read_text())
+    assert summary["test_accuracy_no_tta"] == evaluation["test_no_tta"]["accuracy"]
     client, runs = store_runs(r)
     version = client.get_model_version_by_alias("fer2013-resnet18", "candidate")
     run = client.get_run(version.run_id)
-    assert version.tags["test_accuracy"] == f"{evaluation['accuracy']:.4f}"
+    assert version.tags["test_accuracy"] == f"{evaluation['test']['accuracy']:.4f}"
     assert version.tags["tta"] == "hflip"
-    assert run.data.metrics["test_no_tta.accuracy"] == pytest.approx(
-        evaluation["no_tta"]["accuracy"])
+    assert run.data.metrics["summary/test_accuracy_no_tta"] == pytest.approx(
+        evaluation["test_no_tta"]["accuracy"])
 
 
 def free_port():
