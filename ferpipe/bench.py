@@ -20,7 +20,9 @@ optionally the time of a no-op `dvc repro`. Bare, pipeline and baseline are meas
 
 `--predict` measures the predict command's latency instead: milliseconds per photo for a 640 x 480
 JPEG with one face (scikit-image's astronaut portrait, resized), model already loaded: decoding,
-face detection, and cropping + classifying, each and in all.
+face detection, and cropping + classifying, each and in all; and milliseconds per face when
+`--faces` face crops are classified in one batch. `--model` may be an ONNX file (run with
+onnxruntime); `--compare-onnx` exports the checkpoint to ONNX and measures both.
 """
 
 from __future__ import annotations
@@ -48,9 +50,12 @@ from ferpipe.distributed import wrap_model
 from ferpipe.errors import ParamsError, run_main
 from ferpipe.model import build_model
 from ferpipe.params import AMP_MODES, STEMS, TTA_MODES, Params, load_params
+from ferpipe.predict import HelpFormatter
 from ferpipe.training import make_recipe, train_one_epoch, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
 WARMUP = 2  # batches run before each timed part (allocator, autotuning, worker start-up)
 
 
@@ -224,28 +229,36 @@ def noop_repro_seconds() -> float | None:
     return time.perf_counter() - start
 
 
-def predict_latency(checkpoint: Path, repeats: int, tta: str = "none") -> dict[str, Any]:
+def predict_latency(model: Path, repeats: int, tta: str = "none", faces: int = 8
+                    ) -> dict[str, Any]:
     """Milliseconds per 640 x 480 photo with one face through the predict command's steps.
+
+    Args:
+        model: a checkpoint or ONNX file, or an MLflow URI (see `predict.load_classifier`).
+        faces: face crops classified in one batch for the per-face figure.
 
     Returns:
         median and 90th-percentile ms of decode (JPEG bytes -> grayscale), detect (Haar cascade),
-        classify (crop + model) and total, over `repeats` runs after 3 warm-up runs; the faces
-        found.
+        classify (crop + model) and total per photo, and of classifying `faces` crops divided
+        by `faces` (`per_face`), over `repeats` runs after 3 warm-up runs; the faces found.
+
+    Raises:
+        CheckpointError: see `predict.load_classifier`.
     """
     from io import BytesIO
 
     from PIL import Image
     from skimage import data as skdata
 
-    from ferpipe.inference import Classifier
-    from ferpipe.predict import Predictor, crop_face, load_gray
+    from ferpipe.predict import Predictor, crop_face, load_classifier, load_gray
 
     buffer = BytesIO()
     Image.fromarray(skdata.astronaut()).resize((640, 480)).save(buffer, "JPEG", quality=90)
-    predictor = Predictor(Classifier.from_checkpoint(checkpoint), tta=tta)
+    predictor = Predictor(load_classifier(str(model)), tta=tta)
     size = predictor.classifier.image_size
-    times: dict[str, list[float]] = {"decode": [], "detect": [], "classify": [], "total": []}
-    faces = 0
+    times: dict[str, list[float]] = {"decode": [], "detect": [], "classify": [], "total": [],
+                                     "per_face": []}
+    found = 0
     for i in range(repeats + 3):
         t0 = time.perf_counter()
         _, gray = load_gray(BytesIO(buffer.getvalue()))
@@ -255,12 +268,16 @@ def predict_latency(checkpoint: Path, repeats: int, tta: str = "none") -> dict[s
         crops = np.stack([crop_face(gray, box, predictor.margin, size) for box in boxes])
         predictor.classifier.predict(crops, tta)
         t3 = time.perf_counter()
-        faces = len(boxes)
+        predictor.classifier.predict(np.repeat(crops[:1], faces, 0), tta)
+        t4 = time.perf_counter()
+        found = len(boxes)
         if i >= 3:
             for key, seconds in (("decode", t1 - t0), ("detect", t2 - t1), ("classify", t3 - t2),
-                                 ("total", t3 - t0)):
+                                 ("total", t3 - t0), ("per_face", (t4 - t3) / faces)):
                 times[key].append(seconds * 1000)
-    result: dict[str, Any] = {"photo": "640x480 JPEG", "faces": faces, "repeats": repeats,
+    backend = "onnxruntime" if str(model).lower().endswith(".onnx") else "pytorch"
+    result: dict[str, Any] = {"model": str(model), "backend": backend, "photo": "640x480 JPEG",
+                              "faces": found, "batch_faces": faces, "repeats": repeats,
                               "tta": tta, "threads": torch.get_num_threads()}
     for key, values in times.items():
         result[f"{key}_ms_median"] = round(float(np.median(values)), 2)
@@ -278,33 +295,48 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             train.batch_size; see also `load_params`.
     """
     p = argparse.ArgumentParser(prog="ferpipe-bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--params", type=Path, default=Path("params.yaml"),
-                   help="params file (default: params.yaml in the working directory)")
+                   help="params file, relative to the working directory")
     p.add_argument("--batches", type=int, default=10, help="timed batches per part per round")
     p.add_argument("--rounds", type=int, default=2, help="turns of bare/pipeline/baseline")
     p.add_argument("--amp", choices=AMP_MODES,
-                   help="override train.amp (e.g. compare none with bf16)")
-    p.add_argument("--stem", choices=STEMS, help="override model.stem")
+                   help="override train.amp, e.g. compare none with bf16 (default %(default)s: "
+                        "the params file's)")
+    p.add_argument("--stem", choices=STEMS,
+                   help="override model.stem (default %(default)s: the params file's)")
     p.add_argument("--channels-last", choices=["true", "false"],
-                   help="override train.channels_last")
+                   help="override train.channels_last (default %(default)s: the params file's)")
     p.add_argument("--workers", type=int, default=os.cpu_count(),
-                   help="DataLoader worker processes for the baseline (default: CPU cores)")
-    p.add_argument("--skip-baseline", action="store_true")
+                   help="DataLoader worker processes for the baseline (default %(default)s: the "
+                        "CPU cores)")
+    p.add_argument("--skip-baseline", action="store_true", help="skip the per-image baseline")
     p.add_argument("--skip-data", action="store_true", help="skip timing the data stages")
     p.add_argument("--noop-repro", action="store_true",
                    help="also time a no-op `dvc repro` (only if `dvc status` is clean)")
-    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    p.add_argument("--json", type=Path,
+                   help="also write the figures to this JSON file (default %(default)s: none)")
     p.add_argument("--predict", action="store_true",
                    help="measure the predict command's latency per photo instead")
     p.add_argument("--model", type=Path, default=Path("models/model.pt"),
-                   help="checkpoint for --predict (default %(default)s)")
+                   help="checkpoint or ONNX file (.onnx) for --predict")
     p.add_argument("--repeats", type=int, default=50, help="photos timed with --predict")
-    p.add_argument("--tta", choices=TTA_MODES, default="none",
-                   help="TTA for --predict")
+    p.add_argument("--faces", type=int, default=8,
+                   help="face crops per batch for --predict's per-face figure")
+    p.add_argument("--tta", choices=TTA_MODES, default="none", help="TTA for --predict")
+    p.add_argument("--compare-onnx", action="store_true",
+                   help="with --predict: export --model (a checkpoint) to ONNX in a temporary "
+                        "folder and measure both, PyTorch first")
     args = p.parse_args(argv)
     if args.predict:
-        result = predict_latency(args.model, args.repeats, args.tta)
+        result = predict_latency(args.model, args.repeats, args.tta, args.faces)
+        if args.compare_onnx:
+            from ferpipe.export import export_onnx
+
+            with tempfile.TemporaryDirectory(prefix="ferpipe-bench-onnx-") as tmp:
+                onnx_path = export_onnx(args.model, Path(tmp) / "model.onnx")
+                result = {"pytorch": result,
+                          "onnx": predict_latency(onnx_path, args.repeats, args.tta, args.faces)}
         print(json.dumps(result, indent=2))
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,5 +1,5 @@
-"""Predict facial expressions on your own photos: `ferpipe-predict PHOTO_OR_FOLDER ...` (or
-`python -m ferpipe.predict`).
+"""Predict facial expressions on your own photos and videos: `ferpipe-predict PHOTO_VIDEO_OR_FOLDER ...`
+(or `python -m ferpipe.predict`).
 
 Faces are found with OpenCV's bundled Haar cascade (`haarcascade_frontalface_default.xml`, Viola &
 Jones 2001, shipped with opencv-python-headless 4.x), each face is cropped as a square with a
@@ -11,18 +11,31 @@ images that already are face crops, such as FER2013's), and the output says so
 Output per face: file, face index, box (x, y, width, height in pixels of the original image),
 the predicted expression, its probability and every class's probability, as a table or as JSON
 lines (`--json`). `--annotate DIR` writes a copy of each image with the boxes and labels drawn.
-Exit status 0, or 1 when some file could not be read.
+
+Videos (files ending in .mp4 .avi .mov .mkv .webm, or a webcam with `--webcam INDEX`) are read
+with OpenCV; every `--every`-th frame is classified the same way, faces only (a frame without a
+face gives no row). Output per face: file, frame index, time in seconds (frame index / the
+file's frame rate; a webcam's: since its first frame), face index, box, expression, probability,
+every class's probability, as CSV or JSON lines (`--json`). `--annotate DIR` writes
+`<stem>.annotated.mp4` (mp4v), every frame with the latest boxes drawn. A webcam runs until
+`--max-frames` or Ctrl-C.
+
+`--model` takes a train-stage checkpoint, an MLflow URI of one, or an ONNX file (`.onnx`, from
+`ferpipe.export.export_onnx`), run with onnxruntime.
+Exit status 0, or 1 when some file (or the webcam) could not be read.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import re
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,6 +50,8 @@ from ferpipe.params import TTA_MODES
 
 #: Files taken from a folder argument (a file named explicitly is always tried).
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+#: Files read as videos (by suffix); a folder argument yields images only.
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 DEFAULT_MODEL = "models/model.pt"
 
 
@@ -163,11 +178,15 @@ class Predictor:
     tta: str = "none"
     tta_crop: int | None = None
 
-    def predict_image(self, gray: np.ndarray, name: str) -> list[Prediction]:
-        """Predictions for every face of a grayscale uint8 (H, W) image, largest face first; the
-        whole image (one Prediction with whole_image=True) when no face is found."""
+    def predict_image(self, gray: np.ndarray, name: str, fallback: bool = True
+                      ) -> list[Prediction]:
+        """Predictions for every face of a grayscale uint8 (H, W) image, largest face first; when
+        no face is found, the whole image (one Prediction with whole_image=True) if `fallback`,
+        else none."""
         cv2, size = _cv2(), self.classifier.image_size
         boxes = self.detector.detect(gray)
+        if not boxes and not fallback:
+            return []
         whole = not boxes
         if whole:
             boxes = [(0, 0, gray.shape[1], gray.shape[0])]
@@ -185,14 +204,19 @@ class Predictor:
 
 
 def load_classifier(ref: str) -> Classifier:
-    """A checkpoint file, or an MLflow URI of a pipeline run's model: `models:/<name>@<alias>`,
-    `models:/<name>/<version>` or `runs:/<run_id>` (the run's logged `checkpoint/model.pt` is
-    used; the store is the repo's, see `ferpipe.tracking`).
+    """A checkpoint file, an ONNX file (name ending in `.onnx`, run with onnxruntime, see
+    `ferpipe.export.load_onnx_classifier`), or an MLflow URI of a pipeline run's model:
+    `models:/<name>@<alias>`, `models:/<name>/<version>` or `runs:/<run_id>` (the run's logged
+    `checkpoint/model.pt` is used; the store is the repo's, see `ferpipe.tracking`).
 
     Raises:
-        CheckpointError: no such checkpoint file, or one that is not a checkpoint.
+        CheckpointError: no such checkpoint or ONNX file, or one that is not one.
         ValueError: an MLflow URI that cannot be resolved.
     """
+    if ref.lower().endswith(".onnx"):
+        from ferpipe.export import load_onnx_classifier
+
+        return load_onnx_classifier(ref)
     if not re.match(r"^(models|runs):/", ref):
         return Classifier.from_checkpoint(ref)
     import mlflow
@@ -233,8 +257,8 @@ def expand(paths: list[str]) -> Iterator[Path]:
             yield path
 
 
-def annotate(rgb: np.ndarray, predictions: list[Prediction], dest: Path) -> None:
-    """Write `rgb` (uint8 (H, W, 3)) with each prediction's box and label drawn, to `dest` (PNG)."""
+def draw(rgb: np.ndarray, predictions: list[Prediction]) -> np.ndarray:
+    """A copy of `rgb` (uint8 (H, W, 3)) with each prediction's box and label drawn."""
     cv2 = _cv2()
     canvas = np.ascontiguousarray(rgb.copy())
     thick = max(1, round(max(canvas.shape[:2]) / 300))
@@ -249,8 +273,13 @@ def annotate(rgb: np.ndarray, predictions: list[Prediction], dest: Path) -> None
         cv2.rectangle(canvas, (x, ty - th - base), (x + tw, ty + base), colour, cv2.FILLED)
         cv2.putText(canvas, label, (x, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick,
                     cv2.LINE_AA)
+    return canvas
+
+
+def annotate(rgb: np.ndarray, predictions: list[Prediction], dest: Path) -> None:
+    """Write `rgb` (uint8 (H, W, 3)) with each prediction's box and label drawn, to `dest` (PNG)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(dest, format="PNG")
+    Image.fromarray(draw(rgb, predictions)).save(dest, format="PNG")
 
 
 def table_line(p: Prediction, names: list[str]) -> str:
@@ -296,42 +325,207 @@ def read_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"cannot read image: {err}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The `ferpipe-predict` command; returns the exit status (0, 1 when a file could not be
-    read, 2 for a usage or model error)."""
+def open_video(source: Path | int):
+    """An opened `cv2.VideoCapture` of a video file or a webcam index.
+
+    OpenCV's and FFmpeg's own log lines are silenced (the caller reports the one reason).
+
+    Raises:
+        ValueError: a missing file, not a regular file, or one OpenCV cannot open as a video; a
+            webcam index that cannot be opened.
+    """
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "0")  # read when the first capture opens
+    cv2 = _cv2()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    if isinstance(source, Path):
+        if not source.exists():
+            raise ValueError("no such file")
+        if not source.is_file():
+            raise ValueError("not a regular file")
+    cap = cv2.VideoCapture(str(source) if isinstance(source, Path) else source)
+    if not cap.isOpened():
+        raise ValueError(f"cannot open camera {source}" if isinstance(source, int)
+                         else "cannot decode video")
+    return cap
+
+
+@dataclass
+class FramePrediction:
+    """One face of one video frame: the frame index, its time in seconds, the face."""
+
+    frame: int
+    time_s: float
+    prediction: Prediction
+
+    def as_dict(self) -> dict[str, Any]:
+        row = self.prediction.as_dict()
+        row.pop("whole_image")
+        return {"file": row.pop("file"), "frame": self.frame, "time_s": round(self.time_s, 3),
+                **row}
+
+
+def predict_video(predictor: Predictor, source: Path | int,
+                  emit: Callable[[FramePrediction], None], every: int = 1,
+                  max_frames: int | None = None, annotate_dir: Path | None = None) -> int:
+    """Classify the faces of every `every`-th frame of a video file or webcam, calling `emit`
+    for each face as soon as its frame is done.
+
+    Time of a frame: index / the file's frame rate (seconds); a webcam's (or a file without a
+    frame rate): seconds since the first frame. With `annotate_dir`, every frame read is
+    written, the latest frame's boxes drawn, to `<annotate_dir>/<stem>.annotated.mp4` (`webcam<N>`
+    for a webcam; mp4v, the source's frame rate or 30), through a temporary name, so a failed
+    or interrupted file leaves none. Ctrl-C ends a webcam normally; it interrupts a file.
+    Progress (frames) goes to stderr when it is a terminal.
+
+    Returns:
+        The number of frames read.
+
+    Raises:
+        ValueError: the video or webcam cannot be opened, or gives no frame (nothing emitted).
+        OSError: the annotated video cannot be written.
+        KeyboardInterrupt: Ctrl-C while reading a file.
+    """
+    from tqdm import tqdm
+
+    cv2, live = _cv2(), isinstance(source, int)
+    name = f"webcam:{source}" if live else str(source)
+    cap = open_video(source)
+    writer = tmp = None
+    done = False
+    try:
+        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        total = 0 if live else max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT)))
+        if total and max_frames:
+            total = min(total, max_frames)
+        ok, frame = cap.read()
+        if not ok:
+            raise ValueError("the camera gave no frame" if live
+                             else "cannot decode video: no frame could be read")
+        if annotate_dir is not None:
+            stem = f"webcam{source}" if live else source.stem
+            dest = annotate_dir / f"{stem}.annotated.mp4"
+            tmp = dest.with_name(f".{stem}.annotated.partial.mp4")
+            annotate_dir.mkdir(parents=True, exist_ok=True)
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"),
+                                     fps if fps > 0 else 30.0, (frame.shape[1], frame.shape[0]))
+            if not writer.isOpened():
+                raise OSError(f"{dest}: cannot open an mp4v video writer")
+        start, index, latest = time.perf_counter(), 0, []
+        with tqdm(total=total or None, unit="frame", desc=name, file=sys.stderr,
+                  disable=None) as bar:
+            try:
+                while ok:
+                    seconds = index / fps if fps > 0 and not live else time.perf_counter() - start
+                    rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                    if index % every == 0:
+                        gray = np.asarray(to_gray(Image.fromarray(rgb)))
+                        latest = predictor.predict_image(gray, name, fallback=False)
+                        for p in latest:
+                            emit(FramePrediction(index, seconds, p))
+                    if writer is not None:
+                        writer.write(cv2.cvtColor(draw(rgb, latest), cv2.COLOR_RGB2BGR))
+                    index += 1
+                    bar.update()
+                    if max_frames and index >= max_frames:
+                        break
+                    ok, frame = cap.read()
+            except KeyboardInterrupt:
+                if not live:
+                    raise
+        done = True
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+            if done:
+                tmp.replace(dest)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    return index
+
+
+def csv_header(names: list[str]) -> list[str]:
+    """The columns of the video CSV: file, frame, time_s, face, x, y, w, h (pixels),
+    expression, probability, then one probability column per class."""
+    return ["file", "frame", "time_s", "face", "x", "y", "w", "h", "expression",
+            "probability", *names]
+
+
+def csv_row(fp: FramePrediction, names: list[str]) -> list[Any]:
+    """One row of the video CSV (see `csv_header`)."""
+    p = fp.prediction
+    return [p.file, fp.frame, f"{fp.time_s:.3f}", p.face, *p.box, p.expression,
+            f"{p.probability:.4f}", *(f"{p.probabilities[n]:.4f}" for n in names)]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Help with the description as written and every option's default shown."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `ferpipe-predict` command line."""
     parser = argparse.ArgumentParser(
-        prog="ferpipe-predict", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="ferpipe-predict", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
         epilog="examples:\n  ferpipe-predict photo.jpg\n"
                "  ferpipe-predict photos/ --json --annotate annotated/\n"
-               "  ferpipe-predict photo.jpg --model models:/fer2013-resnet18@candidate")
-    parser.add_argument("paths", nargs="+", help="image files or folders")
+               "  ferpipe-predict photo.jpg --model models:/fer2013-resnet18@candidate\n"
+               "  ferpipe-predict photo.jpg --model model.onnx\n"
+               "  ferpipe-predict clip.mp4 --every 5 --annotate annotated/ > clip.csv\n"
+               "  ferpipe-predict --webcam 0 --max-frames 300 --json")
+    parser.add_argument("paths", nargs="*", default=argparse.SUPPRESS,
+                        help="image files, video files (" + " ".join(sorted(VIDEO_SUFFIXES))
+                             + ") or folders (their images); none with --webcam")
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="checkpoint file, or MLflow URI models:/<name>@<alias>, "
-                             "models:/<name>/<version>, runs:/<run_id> (default %(default)s)")
-    parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument("--annotate", metavar="DIR", type=Path,
-                        help="write copies of the images with boxes and labels to DIR (PNG)")
-    parser.add_argument("--tta", choices=TTA_MODES, default="none",
-                        help="test-time augmentation (default %(default)s)")
+                        help="checkpoint file, ONNX file (.onnx, run with onnxruntime), or MLflow "
+                             "URI models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per line, instead of a table (images) or CSV "
+                             "(videos)")
+    parser.add_argument("--annotate", metavar="DIR", type=Path, default=None,
+                        help="write copies of the images (PNG) and videos (<stem>.annotated.mp4) "
+                             "with boxes and labels to DIR (default %(default)s: no copies)")
+    parser.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation")
     parser.add_argument("--tta-crop", type=_bounded(int, 1), default=None,
-                        help="ten-crop side, pixels, at most the model's image size (default: "
-                             "the model's training crop, or 44 for a model trained on whole "
-                             "images)")
+                        help="ten-crop side, pixels, at most the model's image size (default "
+                             "%(default)s: the model's training crop, or 44 for a model trained "
+                             "on whole images)")
     parser.add_argument("--margin", type=_bounded(float, 0.0, 2.0), default=0.1,
-                        help="added around each face box on every side, fraction of its side "
-                             "(default %(default)s)")
+                        help="added around each face box on every side, fraction of its side")
     parser.add_argument("--min-face", type=_bounded(float, 0.0, 1.0), default=0.15,
-                        help="smallest face searched, fraction of the image's shorter side "
-                             "(default %(default)s)")
+                        help="smallest face searched, fraction of the image's shorter side")
     parser.add_argument("--max-side", type=_bounded(int, 0), default=320,
                         help="search faces on a copy downscaled to this many pixels (longer "
-                             "side; 0: full size, for small faces; default %(default)s)")
+                             "side; 0: full size, for small faces)")
     parser.add_argument("--timing", action="store_true",
-                        help="also print the milliseconds per file (model already loaded)")
+                        help="also print the milliseconds per image file (model already loaded)")
+    parser.add_argument("--webcam", metavar="INDEX", type=_bounded(int, 0), default=None,
+                        help="read the webcam with this OpenCV index instead of files (default "
+                             "%(default)s: no webcam)")
+    parser.add_argument("--every", metavar="N", type=_bounded(int, 1), default=1,
+                        help="classify every N-th video frame")
+    parser.add_argument("--max-frames", metavar="N", type=_bounded(int, 1), default=None,
+                        help="stop a video or the webcam after N frames (default %(default)s: "
+                             "the end of the file; Ctrl-C for the webcam)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `ferpipe-predict` command; returns the exit status (0, 1 when a file or the webcam
+    could not be read, 2 for a usage or model error)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
+    paths = getattr(args, "paths", [])
+    if args.webcam is not None and paths:
+        parser.error("--webcam: give no files with it")
+    if args.webcam is None and not paths:
+        parser.error("give image or video files or folders, or --webcam INDEX")
     if args.annotate is not None and args.annotate.exists() and not args.annotate.is_dir():
         parser.error(f"--annotate: {args.annotate} exists and is not a folder")
+    files = list(expand(paths))
+    videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
+    if videos and len(videos) < len(files) and not args.json:
+        parser.error("images and videos in one call need --json (the image table and the "
+                     "video CSV have different columns)")
 
     try:
         detector = FaceDetector(min_size=args.min_face, max_side=args.max_side)
@@ -344,10 +538,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--tta-crop: {args.tta_crop} pixels is larger than the model's "
                      f"{predictor.classifier.image_size}-pixel input")
     names = predictor.classifier.class_names
+    if args.webcam is not None or (videos and len(videos) == len(files)):
+        return run_videos(predictor, [args.webcam] if args.webcam is not None else files, args)
     if not args.json:
         print("file\tface\tbox (x,y w x h)\texpression\tprob\t" + " ".join(names))
     failed = 0
-    for path in expand(args.paths):
+    for path in files:
+        if path.suffix.lower() in VIDEO_SUFFIXES:  # with --json, among images
+            code = run_videos(predictor, [path], args)
+            if code > 1:
+                return code
+            failed += code
+            continue
         start = time.perf_counter()
         try:
             rgb, gray = read_image(path)
@@ -372,6 +574,48 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
                 return 2
         sys.stdout.flush()
+    return 1 if failed else 0
+
+
+def run_videos(predictor: Predictor, sources: list[Path | int], args: argparse.Namespace) -> int:
+    """Predict on video files or a webcam index, printing CSV (with a header, once a source could
+    be read) or JSON lines; a source that cannot be read gets one error line (stderr for CSV, a
+    JSON object with `error` for a file with --json) and the others go on. Returns 0, 1 when
+    some source could not be read, 2 when an annotated video could not be written, 130 on
+    Ctrl-C during a file."""
+    names = predictor.classifier.class_names
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    header = [not args.json]  # still to print: before the first row, or after the first source
+
+    def emit(fp: FramePrediction | None) -> None:
+        if header[0]:
+            writer.writerow(csv_header(names))
+            header[0] = False
+        if fp is not None:
+            if args.json:
+                print(json.dumps(fp.as_dict()))
+            else:
+                writer.writerow(csv_row(fp, names))
+        sys.stdout.flush()
+
+    failed = 0
+    for source in sources:
+        label = f"--webcam {source}" if isinstance(source, int) else str(source)
+        try:
+            predict_video(predictor, source, emit, args.every, args.max_frames, args.annotate)
+            emit(None)  # the CSV header of a video without faces
+        except ValueError as err:
+            failed += 1
+            if args.json and not isinstance(source, int):
+                print(json.dumps({"file": str(source), "error": str(err)}), flush=True)
+            else:
+                print(f"error: {label}: {err}", file=sys.stderr)
+        except OSError as err:
+            print(f"error: --annotate: cannot write: {err.strerror or err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"error: {label}: interrupted", file=sys.stderr)
+            return 130
     return 1 if failed else 0
 
 

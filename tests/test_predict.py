@@ -297,3 +297,171 @@ def test_tta_views_of_small_images_check_the_ten_crop_only_when_used():
     assert len(crops) == 10 and all(v.shape == x.shape for v in crops)
     with pytest.raises(ValueError, match="a 40-pixel crop does not fit a 32x32 image"):
         list(tta_views(x, "ten_crop", crop=40))
+
+
+# --------------------------------------------------------------------------- video and webcam
+
+FPS = 10
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    """A 12-frame 320 x 320 mp4v video at 10 frames/s of the astronaut photo, shifted 2 pixels
+    right per frame."""
+    import cv2
+
+    path = tmp_path_factory.mktemp("video") / "astronaut.mp4"
+    frame = cv2.cvtColor(cv2.resize(skdata.astronaut(), (320, 320)), cv2.COLOR_RGB2BGR)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (320, 320))
+    for i in range(12):
+        writer.write(np.roll(frame, 2 * i, axis=1))
+    writer.release()
+    return path
+
+
+def read_frames(path):
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    ok, frame = cap.read()
+    while ok:
+        frames.append(frame)
+        ok, frame = cap.read()
+    cap.release()
+    return frames
+
+
+def test_video_csv_has_one_row_per_frame_with_its_time(checkpoint, video, capsys):
+    import csv
+
+    assert main([str(video), "--model", str(checkpoint)]) == 0
+    out = capsys.readouterr()
+    rows = list(csv.DictReader(out.out.splitlines()))
+    assert list(rows[0]) == ["file", "frame", "time_s", "face", "x", "y", "w", "h", "expression",
+                             "probability", *CLASS_NAMES]
+    assert [int(r["frame"]) for r in rows] == list(range(12))  # one face per frame
+    assert [float(r["time_s"]) for r in rows] == pytest.approx([i / FPS for i in range(12)])
+    assert {r["face"] for r in rows} == {"0"} and {r["file"] for r in rows} == {str(video)}
+    xs = [int(r["x"]) for r in rows]  # the face moves right by 2 x 320/512 pixels a frame
+    assert xs[-1] - xs[0] == pytest.approx(11 * 2, abs=6)
+    first = rows[0]
+    probs = {n: float(first[n]) for n in CLASS_NAMES}
+    assert first["expression"] == max(probs, key=probs.get)
+    assert float(first["probability"]) == probs[first["expression"]]
+    # the same face as the predict command finds on the decoded frame as an image
+    gray = np.asarray(Image.fromarray(read_frames(video)[0][..., ::-1]).convert("L"))
+    (face,) = Predictor(Classifier.from_checkpoint(checkpoint)).predict_image(gray, "frame")
+    assert [int(first[k]) for k in "xywh"] == list(face.box)
+    assert probs == pytest.approx(face.probabilities, abs=1e-4)
+
+
+def test_video_every_n_frames_json_and_annotated_video(checkpoint, video, tmp_path, capsys):
+    annotated = tmp_path / "annotated"
+    assert main([str(video), "--model", str(checkpoint), "--every", "3", "--json",
+                 "--annotate", str(annotated)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["frame"] for r in rows] == [0, 3, 6, 9]
+    assert [r["time_s"] for r in rows] == pytest.approx([0.0, 0.3, 0.6, 0.9])
+    assert set(rows[0]) == {"file", "frame", "time_s", "face", "box", "expression",
+                            "probability", "probabilities"}
+    assert [p.name for p in annotated.iterdir()] == ["astronaut.annotated.mp4"]
+    drawn, original = read_frames(annotated / "astronaut.annotated.mp4"), read_frames(video)
+    assert len(drawn) == 12 and drawn[0].shape == original[0].shape
+    for i in (0, 4):  # frame 4 carries the boxes of frame 3
+        x, y, w, h = rows[i // 3 if i else 0]["box"]
+        edge = drawn[i][y + 5:y + h - 5, x].astype(int) - original[i][y + 5:y + h - 5, x]
+        assert np.abs(edge).mean() > 40  # the box's left edge, green over the face
+        corner = drawn[i][260:, 260:].astype(int) - original[i][260:, 260:]
+        assert np.abs(corner).mean() < 5  # elsewhere only the codec's noise
+
+
+def test_max_frames_and_mixed_inputs(checkpoint, video, photos, capsys):
+    assert main([str(video), "--model", str(checkpoint), "--max-frames", "5", "--json"]) == 0
+    assert [json.loads(line)["frame"] for line in capsys.readouterr().out.splitlines()] == [
+        0, 1, 2, 3, 4]
+    assert main([str(photos / "astronaut.png"), str(video), "--model", str(checkpoint),
+                 "--json", "--every", "6"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert ["frame" in r for r in rows] == [False, True, True]
+    with pytest.raises(SystemExit) as exit_:
+        main([str(photos / "astronaut.png"), str(video), "--model", str(checkpoint)])
+    assert exit_.value.code == 2
+    assert "images and videos in one call need --json" in capsys.readouterr().err
+
+
+def test_unreadable_videos_are_one_error_line_each_and_write_nothing(checkpoint, tmp_path,
+                                                                     capsys):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 but nothing more" * 4)
+    annotated = tmp_path / "annotated"
+    for path, reason in ((tmp_path / "missing.mp4", "no such file"),
+                         (broken, "cannot decode video")):
+        assert main([str(path), "--model", str(checkpoint), "--annotate", str(annotated)]) == 1
+        out = capsys.readouterr()
+        assert out.err == f"error: {path}: {reason}\n" and out.out == ""
+        assert main([str(path), "--model", str(checkpoint), "--json"]) == 1
+        assert json.loads(capsys.readouterr().out) == {"file": str(path), "error": reason}
+    assert not annotated.exists() or list(annotated.iterdir()) == []
+
+
+def test_a_webcam_that_cannot_be_opened_is_one_error_line(checkpoint, capsys):
+    assert main(["--webcam", "99", "--model", str(checkpoint)]) == 1
+    out = capsys.readouterr()
+    assert out.err == "error: --webcam 99: cannot open camera 99\n" and out.out == ""
+    with pytest.raises(SystemExit):
+        main(["--model", str(checkpoint)])
+    assert "give image or video files or folders, or --webcam INDEX" in capsys.readouterr().err
+
+
+def test_webcam_stops_at_max_frames_or_ctrl_c(checkpoint, video, tmp_path, capsys,
+                                              monkeypatch):
+    """A webcam that is the test video: `--max-frames` stops it; Ctrl-C ends it normally and
+    keeps the annotated video of the frames so far."""
+    import cv2
+
+    import ferpipe.predict as predict
+
+    class Camera:
+        def __init__(self, interrupt_at):
+            self.cap, self.reads, self.interrupt_at = cv2.VideoCapture(str(video)), 0, interrupt_at
+
+        def read(self):
+            self.reads += 1
+            if self.reads == self.interrupt_at:
+                raise KeyboardInterrupt
+            return self.cap.read()
+
+        def get(self, prop):
+            return self.cap.get(prop)
+
+        def release(self):
+            self.cap.release()
+
+    opened = []
+    monkeypatch.setattr(predict, "open_video", lambda source: opened.append(source) or Camera(
+        interrupt_at=5 if len(opened) > 1 else None))
+    assert main(["--webcam", "0", "--model", str(checkpoint), "--max-frames", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert opened == [0] and len(lines) == 4 and lines[1].startswith("webcam:0,0,")
+    times = [float(line.split(",")[2]) for line in lines[1:]]
+    assert times[0] == 0 and times == sorted(times) and times[-1] < 5  # wall-clock seconds
+    annotated = tmp_path / "annotated"
+    assert main(["--webcam", "0", "--model", str(checkpoint), "--json", "--annotate",
+                 str(annotated)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4  # frames 0-3; Ctrl-C at read 5
+    assert [p.name for p in annotated.iterdir()] == ["webcam0.annotated.mp4"]
+    assert len(read_frames(annotated / "webcam0.annotated.mp4")) == 4
+
+
+def test_help_shows_every_options_default():
+    from tests.test_export import option_blocks
+
+    proc = subprocess.run([sys.executable, "-m", "ferpipe.predict", "--help"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0
+    blocks = option_blocks(proc.stdout)
+    assert {"--webcam INDEX", "--every N", "--max-frames N", "--model MODEL"} <= set(blocks)
+    assert [name for name, text in blocks.items() if "default" not in text] == []
+    assert "(default: 0.1)" in blocks["--margin MARGIN"]
+    assert "(default: 1)" in blocks["--every N"]
