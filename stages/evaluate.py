@@ -1,6 +1,6 @@
 """Stage 5, evaluate: score the best checkpoint on the test split (never seen in training), with and
 without test-time augmentation, run it on a real photo, and register it in the MLflow model
-registry.
+registry, with its ONNX export beside it.
 
 Writes metrics/summary.json (the headline figures: the DVC metrics file), metrics/eval.json (the
 detail: test metrics per class, without TTA, and a val table of every TTA mode and logit
@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from ferpipe import serving, tracking
+from ferpipe import export, serving, tracking
 from ferpipe.data import load_split, read_json, write_json
 from ferpipe.device import resolve_device
 from ferpipe.errors import run_main
@@ -128,6 +128,9 @@ def main() -> None:
                 "run_id": run.info.run_id})
             print(f"registered models:/{cfg.registry_name}@{cfg.registry_alias} "
                   f"(version {version})")
+        # ONNX beside it, checked against PyTorch's logits, registered as <name>-onnx
+        export.log_onnx_model(cfg.model, cfg.registry_name if cfg.registry else None,
+                              cfg.registry_alias)
 
 
 if __name__ == "__main__":

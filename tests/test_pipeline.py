@@ -18,8 +18,8 @@ from PIL import Image
 from skimage import data as skdata
 
 from ferpipe.predict import crop_face
-from tests.fakedata import face_like, make_image_folders, make_zip
 from tests.browser import render
+from tests.fakedata import face_like, make_image_folders, make_zip
 from tests.fakerepo import make_repo, read_csv, sh, store_runs
 
 EPOCHS = 2
@@ -250,6 +250,9 @@ def test_evaluate_reports_tta_and_registers_the_model(repo):
     assert version.tags["tta"] == "hflip"
     assert run.data.metrics["summary/test_accuracy_no_tta"] == pytest.approx(
         evaluation["test_no_tta"]["accuracy"])
+    # the ONNX export is registered beside it, from the same run
+    onnx_version = client.get_model_version_by_alias("fer2013-resnet18-onnx", "candidate")
+    assert onnx_version.run_id == version.run_id
 
 
 def free_port():

@@ -465,3 +465,14 @@ def test_help_shows_every_options_default():
     assert [name for name, text in blocks.items() if "default" not in text] == []
     assert "(default: 0.1)" in blocks["--margin MARGIN"]
     assert "(default: 1)" in blocks["--every N"]
+
+
+def test_labels_are_readable_on_a_photo():
+    """On a 512-pixel photo a 99-pixel face's label text is at least 15 pixels tall."""
+    from ferpipe.predict import Prediction, draw
+
+    face = Prediction(file="p", face=0, box=(174, 64, 99, 99), expression="happy",
+                      probability=0.9, probabilities={}, whole_image=False)
+    canvas = draw(np.full((512, 512, 3), 255, np.uint8), [face])
+    black = np.flatnonzero((canvas[:64, 174:400] < 60).all(axis=2).any(axis=1))
+    assert black.size and black.max() - black.min() + 1 >= 15
