@@ -44,3 +44,20 @@ def test_balanced_accuracy_is_the_mean_recall():
     out = metrics(logits, labels, ["a", "b", "c"])
     assert out["accuracy"] == pytest.approx(6 / 7)
     assert out["balanced_accuracy"] == pytest.approx(2.5 / 3)
+
+
+def test_evaluation_settings_are_chosen_on_val_accuracy_then_macro_f1():
+    from stages.evaluate import choose
+
+    def row(tta, tau, acc, f1):
+        return {"tta": tta, "logit_adjustment": tau, "val_accuracy": acc, "val_macro_f1": f1}
+
+    rows = [row("none", 0.0, 0.650, 0.60), row("hflip", 0.0, 0.660, 0.61),
+            row("hflip", 0.5, 0.6600, 0.64), row("ten_crop", 0.0, 0.6620, 0.62),
+            row("ten_crop", 1.0, 0.640, 0.66)]
+    # within 0.25 points of the best accuracy (66.2%): hflip/0.5 has the best macro-F1
+    assert choose(rows) == rows[2]
+    # a margin of 0: the best accuracy alone
+    assert choose(rows, margin=0.0) == rows[3]
+    # a large accuracy cost is never taken for macro-F1
+    assert choose(rows, margin=0.01)["logit_adjustment"] != 1.0
