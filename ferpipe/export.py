@@ -221,3 +221,30 @@ def log_onnx_model(checkpoint: str | Path, registry_name: str | None = None,
         mlflow.MlflowClient().set_registered_model_alias(name, alias,
                                                          info.registered_model_version)
     return info.model_uri
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m ferpipe.export CHECKPOINT DEST.onnx`: export, then check against PyTorch."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Export a train-stage checkpoint to ONNX and check it against PyTorch.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("checkpoint", nargs="?", default="models/model.pt",
+                        help="the train stage's checkpoint")
+    parser.add_argument("dest", nargs="?", default="model.onnx", help="the ONNX file to write")
+    args = parser.parse_args(argv)
+    dest = Path(args.dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".onnx-") as tmp:
+        path = export_onnx(args.checkpoint, Path(tmp) / dest.name)
+        report = check_onnx(args.checkpoint, path)  # a file that fails is never left at dest
+        path.replace(dest)
+    print(f"wrote {dest}: max |logit difference| from PyTorch {report['max_abs_diff']:.2g} on "
+          f"{report['images']} images")
+
+
+if __name__ == "__main__":
+    from ferpipe.errors import run_main
+
+    run_main(main)

@@ -202,3 +202,24 @@ def option_blocks(help_text: str) -> dict[str, str]:
             blocks[name] += " " + line.strip()
     blocks.pop("--help", None)
     return blocks
+
+
+def test_export_command_writes_a_checked_file_or_nothing(exported, tmp_path, capsys,
+                                                         monkeypatch):
+    from ferpipe import export
+
+    checkpoint = exported[0]
+    dest = tmp_path / "out" / "model.onnx"
+    export.main([str(checkpoint), str(dest)])
+    assert "max |logit difference|" in capsys.readouterr().out
+    assert load_onnx_classifier(dest).class_names == list(CLASS_NAMES)
+    # an export that fails its check leaves nothing at the destination
+    bad = tmp_path / "bad.onnx"
+
+    def disagree(*args, **kwargs):
+        raise OnnxMismatchError("disagrees")
+
+    monkeypatch.setattr(export, "check_onnx", disagree)
+    with pytest.raises(OnnxMismatchError):
+        export.main([str(checkpoint), str(bad)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
