@@ -273,7 +273,7 @@ FIXED_OUTPUTS = {
     "download": ["metrics/raw.json"],
     "prepare": ["metrics/data.json", "metrics/quality.json", "metrics/bad_files.csv"],
     "train": ["metrics/train.json", "metrics/history.csv", "metrics/lr.csv"],
-    "evaluate": ["metrics/eval.json", "metrics/classification_report.txt",
+    "evaluate": ["metrics/summary.json", "metrics/eval.json", "metrics/classification_report.txt",
                  "metrics/confusion.csv", "metrics/astronaut.png"],
 }
 

@@ -71,10 +71,35 @@ def artifact_location(experiment: str) -> str:
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
+#: The runs table `mlflow ui` should open on (the link `ui_url` gives): the headline summaries
+#: and the recipe params as columns, newest run first. MLflow's UI loads a view shared through
+#: the experiment tag `mlflow.sharedViewState.<key>` when the URL names the key.
+VIEW_KEY = "ferpipe"
+VIEW_COLUMNS = [*(f"metrics.`summary/{key}`" for key in (
+    "test_accuracy", "test_macro_f1", "test_balanced_accuracy", "best_val_accuracy",
+    "train_minutes", "images_per_s")),
+    *(f"params.`{key}`" for key in ("train.epochs", "train.lr", "train.optimizer",
+                                    "augment.crop", "model.stem"))]
+
+
+def share_table_view(experiment_id: str) -> None:
+    """Store the runs-table view VIEW_COLUMNS as the experiment's shared view VIEW_KEY."""
+    state = {"orderByKey": "attributes.start_time", "orderByAsc": False,
+             "selectedColumns": VIEW_COLUMNS}
+    mlflow.MlflowClient().set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}",
+                                             json.dumps(state))
+
+
+def ui_url(experiment_id: str, server: str = "http://127.0.0.1:5000") -> str:
+    """The `mlflow ui` address of the experiment's runs table in the shared view."""
+    return f"{server}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+
+
 def setup(experiment: str) -> str:
     """Point MLflow at the store and select (creating if needed) `experiment`; returns its id.
 
-    The experiment is tagged EXPERIMENT_KIND (also an existing one that lacks the tag)."""
+    The experiment is tagged EXPERIMENT_KIND (also an existing one that lacks the tag) and
+    holds the runs-table view of `share_table_view`."""
     mlflow.set_tracking_uri(tracking_uri())
     with _store_lock():  # the first connection creates the tables: one process at a time
         found = mlflow.get_experiment_by_name(experiment)
@@ -87,6 +112,7 @@ def setup(experiment: str) -> str:
             missing = {}
         for key, value in missing.items():
             mlflow.MlflowClient().set_experiment_tag(exp_id, key, value)
+        share_table_view(exp_id)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 

@@ -176,6 +176,8 @@ def main() -> None:
         # ONNX beside it, checked against PyTorch's logits, registered as <name>-onnx
         export.log_onnx_model(cfg.model, cfg.registry_name if cfg.registry else None,
                               cfg.registry_alias)
+        print(f"MLflow: run `mlflow ui` here, then open "
+              f"{tracking.ui_url(run.info.experiment_id)}")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -17,6 +19,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
+from ferpipe import tracking
 from ferpipe.predict import crop_face
 from tests.browser import render
 from tests.fakedata import face_like, make_image_folders, make_zip
@@ -328,3 +331,47 @@ def test_served_model_answers_like_the_predict_command(repo, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+@contextmanager
+def server_on(args, port, ready_path, cwd, env):
+    """Run a server command on a loopback `port` until `ready_path` answers 200; stop it after."""
+    server = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert server.poll() is None, server.stdout.read().decode()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}",
+                                            timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, f"{args[:3]} did not answer {ready_path}"
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def test_mlflow_ui_opens_on_the_runs_table_with_the_headline_columns(repo):
+    """`mlflow ui` from the repo root, no arguments, in headless Chromium: the address the
+    evaluate stage prints shows the training runs with the summaries and recipe params."""
+    r, env = repo["path"], repo["env"]
+    client, runs = store_runs(r)
+    experiment = runs[0].info.experiment_id
+    port = free_port()
+    with server_on(["mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)], port,
+                   "/health", r, env) as url:
+        dom = render(tracking.ui_url(experiment, url), budget_ms=40000)
+    columns = set(re.findall(r'col-id="([^"]+)"', dom))
+    assert set(tracking.VIEW_COLUMNS) <= columns, sorted(columns)
+    for run in runs:
+        assert run.info.run_name in dom
