@@ -488,7 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--annotate", metavar="DIR", type=Path, default=None,
                         help="write copies of the images (PNG) and videos (<stem>.annotated.mp4) "
                              "with boxes and labels to DIR (default %(default)s: no copies)")
-    parser.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation")
+    parser.add_argument("--tta", choices=TTA_MODES, default="hflip",
+                        help="test-time augmentation; hflip is what the evaluate stage uses "
+                             "(evaluate.tta, chosen on val) for the README's test accuracy")
     parser.add_argument("--tta-crop", type=_bounded(int, 1), default=None,
                         help="ten-crop side, pixels, at most the model's image size (default "
                              "%(default)s: the model's training crop, or 44 for a model trained "
