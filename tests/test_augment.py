@@ -7,8 +7,9 @@ from tests.fakedata import default_params
 
 
 def augment(**values):
-    """The project's augment params with `values` changed."""
-    return default_params(augment=values).augment
+    """The project's augment params with `values` changed, on whole 48-pixel images unless
+    `crop` is given (the default trains on crops)."""
+    return default_params(augment={"crop": 48, **values}).augment
 
 
 NONE = augment(hflip=0, rotation=0, translate=0, scale=0, brightness=0, contrast=0, erasing=0)

@@ -109,7 +109,7 @@ def test_killed_training_resumes_from_the_last_completed_epoch(repo):
     assert runs[0].info.status == "FINISHED"
     steps = sorted({m.step for m in client.get_metric_history(run_id, "val_accuracy")})
     assert steps == list(range(1, EPOCHS + 1))
-    assert "test_accuracy" in runs[0].data.metrics
+    assert "summary/test_accuracy" in runs[0].data.metrics
     assert "up to date" in sh(["dvc", "status"], r, env)
 
 
@@ -153,7 +153,7 @@ def test_two_queued_experiments_run_at_once_and_both_reach_mlflow(repo):
     new = [run for run in runs if run.info.run_id not in {b.info.run_id for b in before}]
     assert sorted(run.data.params["train.lr"] for run in new) == ["0.001", "0.002"]
     for run in new:
-        assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+        assert run.info.status == "FINISHED" and "summary/test_accuracy" in run.data.metrics
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
         assert steps == [1, 2]
     shown = json.loads(sh(["dvc", "exp", "show", "--json"], r, env, stdout_only=True))

@@ -137,9 +137,10 @@ def test_mlflow_holds_one_complete_run(repo):
         "mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     assert type(model).__name__ == "ResNet"  # the module itself, not a torch.export graph
-    assert model(torch.zeros(3, 1, 48, 48)).shape == (3, 7)
+    # the model takes the training crop (augment.crop, 40 by default), normalized
+    assert model(torch.zeros(3, 1, 40, 40)).shape == (3, 7)
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    assert np.asarray(pyfunc.predict(np.zeros((5, 1, 48, 48), np.float32))).shape == (5, 7)
+    assert np.asarray(pyfunc.predict(np.zeros((5, 1, 40, 40), np.float32))).shape == (5, 7)
 
 
 def test_second_repro_runs_nothing(repo):
@@ -203,7 +204,7 @@ def test_temp_experiment_logs_into_the_main_store(repo):
     assert len(runs) == len(runs_before) + 1
     newest = max(runs, key=lambda run: run.info.start_time)
     assert newest.data.params["train.lr"] == "0.005"
-    assert "test_accuracy" in newest.data.metrics
+    assert "summary/test_accuracy" in newest.data.metrics
     assert newest.info.artifact_uri.startswith((r / "mlartifacts").as_uri())
     assert not list(r.glob(".dvc/tmp/exps/**/mlflow.db"))
 
@@ -224,7 +225,7 @@ def test_torchrun_launcher_trains_data_parallel_with_the_same_outputs(repo):
     _, runs = store_runs(r)
     assert len(runs) == len(runs_before) + 1  # rank 0 alone logs
     newest = max(runs, key=lambda run: run.info.start_time)
-    assert newest.data.tags["world_size"] == "2" and "test_accuracy" in newest.data.metrics
+    assert newest.data.tags["world_size"] == "2" and "summary/test_accuracy" in newest.data.metrics
     ckpt = torch.load(r / "models/model.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
 
@@ -281,9 +282,12 @@ def test_served_model_answers_like_the_predict_command(repo, tmp_path):
     Image.fromarray(image).save(tmp_path / "face.png")
     Image.fromarray(skdata.astronaut()).save(tmp_path / "astronaut.png")
     out = sh([sys.executable, "-m", "ferpipe.predict", str(tmp_path / "face.png"),
-              str(tmp_path / "astronaut.png"), "--model", REGISTERED, "--json"], r, env,
-             stdout_only=True)
+              str(tmp_path / "astronaut.png"), "--model", REGISTERED, "--json", "--tta", "none"],
+             r, env, stdout_only=True)
     predicted, on_photo = [json.loads(line) for line in out.splitlines()]
+    out = sh([sys.executable, "-m", "ferpipe.predict", str(tmp_path / "face.png"), "--model",
+              REGISTERED, "--json"], r, env, stdout_only=True)  # the default TTA: hflip
+    predicted_hflip = json.loads(out)
     assert predicted["whole_image"] is True  # a 48 x 48 crop: classified whole
     assert on_photo["whole_image"] is False
     gray = np.asarray(Image.open(tmp_path / "astronaut.png").convert("L"))
@@ -323,7 +327,8 @@ def test_served_model_answers_like_the_predict_command(repo, tmp_path):
             assert served_photo[name] == pytest.approx(p, abs=1e-5)  # batch of 2 vs 1
         (flipped,) = post(f"{url}/invocations", {"inputs": [image.tolist()],
                                                  "params": {"tta": "hflip"}})
-        assert flipped != served
+        for name, p in predicted_hflip["probabilities"].items():
+            assert flipped[name] == pytest.approx(p, abs=1e-5)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -370,7 +375,8 @@ def test_mlflow_ui_opens_on_the_runs_table_with_the_headline_columns(repo):
     port = free_port()
     with server_on(["mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)], port,
                    "/health", r, env) as url:
-        dom = render(tracking.ui_url(experiment, url), budget_ms=40000)
+        # wide enough that the grid renders every column (it leaves out those off-screen)
+        dom = render(tracking.ui_url(experiment, url), budget_ms=40000, width=5000)
     columns = set(re.findall(r'col-id="([^"]+)"', dom))
     assert set(tracking.VIEW_COLUMNS) <= columns, sorted(columns)
     for run in runs:

@@ -400,7 +400,7 @@ def test_fit_trains_only_the_unfrozen_stages_at_their_rates():
 def test_fit_trains_the_small_cnn_with_autoaugment():
     torch.manual_seed(0)
     model = build_model(default_params(model={"arch": "small_cnn", "dropout": 0.5}).model)
-    aug = default_params(augment={"autoaugment": True}).augment
+    aug = default_params(augment={"autoaugment": True, "crop": 48}).augment
     result = fit(model, tiny_split(12, 0), tiny_split(4, 1), train_cfg(epochs=2), aug,
                  StepContext(torch.device("cpu"), 0.4, 0.2), on_best=lambda *a: None)
     assert [r["epoch"] for r in result.history] == [1, 2]
