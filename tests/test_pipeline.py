@@ -1,15 +1,9 @@
 """End to end: the real `dvc repro`, `dvc exp run` and `dvc plots diff` on a tiny generated dataset."""
 
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -24,6 +18,7 @@ from ferpipe.predict import crop_face
 from tests.browser import render
 from tests.fakedata import face_like, make_image_folders, make_zip
 from tests.fakerepo import make_repo, read_csv, sh, store_runs
+from tests.servers import free_port, server_on
 
 EPOCHS = 2
 
@@ -259,10 +254,6 @@ def test_evaluate_reports_tta_and_registers_the_model(repo):
     assert onnx_version.run_id == version.run_id
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def post(url, body):
@@ -294,23 +285,8 @@ def test_served_model_answers_like_the_predict_command(repo, tmp_path):
     face = crop_face(gray, tuple(on_photo["box"]), 0.1, 48)  # the CLI's default margin
 
     port = free_port()
-    server = subprocess.Popen(["mlflow", "models", "serve", "-m", REGISTERED, "--env-manager",
-                               "local", "-h", "127.0.0.1", "-p", str(port)], cwd=r, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 180
-        while True:
-            assert server.poll() is None, server.stdout.read().decode()
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, "the server did not answer /ping"
-            time.sleep(1)
+    with server_on(["mlflow", "models", "serve", "-m", REGISTERED, "--env-manager", "local",
+                    "-h", "127.0.0.1", "-p", str(port)], port, "/ping", r, env) as url:
         mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
         model_dir = Path(mlflow.artifacts.download_artifacts(REGISTERED, dst_path=str(tmp_path)))
         example = json.loads((model_dir / "serving_input_example.json").read_text())
@@ -329,41 +305,6 @@ def test_served_model_answers_like_the_predict_command(repo, tmp_path):
                                                  "params": {"tta": "hflip"}})
         for name, p in predicted_hflip["probabilities"].items():
             assert flipped[name] == pytest.approx(p, abs=1e-5)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-
-
-@contextmanager
-def server_on(args, port, ready_path, cwd, env):
-    """Run a server command on a loopback `port` until `ready_path` answers 200; stop it after."""
-    server = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while True:
-            assert server.poll() is None, server.stdout.read().decode()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}",
-                                            timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, f"{args[:3]} did not answer {ready_path}"
-            time.sleep(1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def test_mlflow_ui_opens_on_the_runs_table_with_the_headline_columns(repo):

@@ -6,11 +6,7 @@ import base64
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,6 +25,7 @@ from ferpipe.model import build_model, save_checkpoint
 from ferpipe.predict import Predictor, load_gray
 from ferpipe.serving import ExpressionModel, log_serving_model, to_pixels
 from tests.fakedata import default_params, face_like
+from tests.servers import free_port, server_on
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,10 +40,6 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -68,31 +61,10 @@ def server(checkpoint, tmp_path_factory):
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": store,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri,
-                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                            cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode()
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, "the server did not answer /ping"
-            time.sleep(1)
+    with server_on([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri,
+                    "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], port, "/ping",
+                   tmp, env, timeout_s=180) as url:
         yield f"{url}/invocations"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def post(url, body):
