@@ -83,3 +83,40 @@ def default_params(**sections: dict) -> Params:
     for section, values in sections.items():
         raw[section].update(values)
     return validate_params(raw)
+
+
+def random_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A random-weight ResNet18 checkpoint (standard stem, 48-pixel images, mean 0.5, std 0.25)
+    at `path`: what the predict and serving tests classify with."""
+    import torch
+
+    from ferpipe.model import build_model, save_checkpoint
+
+    torch.manual_seed(seed)
+    arch = default_params(model={"stem": "standard"}).model
+    save_checkpoint(path, build_model(arch), class_names=list(CLASS_NAMES),
+                    mean=0.5, std=0.25, image_size=48, params={"model": arch.model_dump()})
+    return path
+
+
+def help_blocks(module: str) -> dict[str, str]:
+    """{option as `python -m module --help` lists it (e.g. `--every N`): its help text}, from
+    the options section, -h/--help left out."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    section = proc.stdout.split("\noptions:\n", 1)[1].split("\n\n", 1)[0]
+    blocks: dict[str, str] = {}
+    name = None
+    for line in section.splitlines():
+        if line.startswith("  -"):
+            name, _, text = line.strip().partition("  ")
+            name = name.split(", ")[-1]
+            blocks[name] = text.strip()
+        elif name:
+            blocks[name] += " " + line.strip()
+    blocks.pop("--help", None)
+    return blocks

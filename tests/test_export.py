@@ -2,8 +2,6 @@
 its MLflow logging and registration, `ferpipe-predict --model x.onnx`, and the latency benchmark."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -28,7 +26,7 @@ from ferpipe.export import (
 from ferpipe.inference import Classifier
 from ferpipe.model import build_model, save_checkpoint
 from ferpipe.predict import main
-from tests.fakedata import default_params, face_like
+from tests.fakedata import default_params, face_like, help_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,30 +177,10 @@ def test_bench_predict_compares_pytorch_with_onnx(exported, tmp_path):
 
 
 def test_bench_help_shows_every_default():
-    proc = subprocess.run([sys.executable, "-m", "ferpipe.bench", "--help"], cwd=ROOT,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0
-    blocks = option_blocks(proc.stdout)
+    blocks = help_blocks("ferpipe.bench")
     assert {"--predict", "--compare-onnx", "--model MODEL", "--faces FACES"} <= set(blocks)
     assert [name for name, text in blocks.items() if "default" not in text] == []
     assert "(default: models/model.pt)" in blocks["--model MODEL"]
-
-
-def option_blocks(help_text: str) -> dict[str, str]:
-    """{option as the help lists it (e.g. `--every N`): its help text} of an argparse --help
-    output's options section, -h/--help left out."""
-    section = help_text.split("\noptions:\n", 1)[1].split("\n\n", 1)[0]
-    blocks: dict[str, str] = {}
-    name = None
-    for line in section.splitlines():
-        if line.startswith("  -"):
-            name, _, text = line.strip().partition("  ")
-            name = name.split(", ")[-1]
-            blocks[name] = text.strip()
-        elif name:
-            blocks[name] += " " + line.strip()
-    blocks.pop("--help", None)
-    return blocks
 
 
 def test_export_command_writes_a_checked_file_or_nothing(exported, tmp_path, capsys,

@@ -18,9 +18,8 @@ from skimage import data as skdata
 from ferpipe.data import CLASS_NAMES
 from ferpipe.device import StepContext
 from ferpipe.inference import Classifier, predict_log_proba, tta_views
-from ferpipe.model import build_model, save_checkpoint
 from ferpipe.predict import FaceDetector, Predictor, crop_face, main
-from tests.fakedata import default_params, face_like
+from tests.fakedata import face_like, help_blocks, random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The astronaut's face in skimage.data.astronaut() (512 x 512), as OpenCV's default cascade
@@ -30,12 +29,7 @@ ASTRONAUT_FACE = (177, 66, 95, 95)
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    arch = default_params(model={"stem": "standard"}).model
-    save_checkpoint(path, build_model(arch), class_names=list(CLASS_NAMES),
-                    mean=0.5, std=0.25, image_size=48, params={"model": arch.model_dump()})
-    return path
+    return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 @pytest.fixture(scope="module")
@@ -455,12 +449,7 @@ def test_webcam_stops_at_max_frames_or_ctrl_c(checkpoint, video, tmp_path, capsy
 
 
 def test_help_shows_every_options_default():
-    from tests.test_export import option_blocks
-
-    proc = subprocess.run([sys.executable, "-m", "ferpipe.predict", "--help"], cwd=ROOT,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0
-    blocks = option_blocks(proc.stdout)
+    blocks = help_blocks("ferpipe.predict")
     assert {"--webcam INDEX", "--every N", "--max-frames N", "--model MODEL"} <= set(blocks)
     assert [name for name, text in blocks.items() if "default" not in text] == []
     assert "(default: 0.1)" in blocks["--margin MARGIN"]

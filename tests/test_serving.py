@@ -15,16 +15,14 @@ from types import SimpleNamespace
 import mlflow
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from skimage import data as skdata
 
 from ferpipe.data import CLASS_NAMES
 from ferpipe.inference import Classifier
-from ferpipe.model import build_model, save_checkpoint
 from ferpipe.predict import Predictor, load_gray
 from ferpipe.serving import ExpressionModel, log_serving_model, to_pixels
-from tests.fakedata import default_params, face_like
+from tests.fakedata import face_like, random_checkpoint
 from tests.servers import free_port, server_on
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,12 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    arch = default_params(model={"stem": "standard"}).model
-    save_checkpoint(path, build_model(arch), class_names=list(CLASS_NAMES),
-                    mean=0.5, std=0.25, image_size=48, params={"model": arch.model_dump()})
-    return path
+    return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 
