@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import os
+import pty
+import re
 import shutil
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import mlflow
@@ -21,6 +26,32 @@ def sh(args, cwd, env, stdout_only=False):
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout if stdout_only else proc.stdout + proc.stderr
+
+
+def in_terminal(args, cwd, env, columns: int = 200) -> list[str]:
+    """Run a command as a user would in a terminal `columns` characters wide: on a pty of that
+    size, with DVC's pager replaced by `cat` (DVC pages through `less -S`, which shows each
+    line's first `columns` characters and scrolls sideways). Returns the output's lines with
+    colours and other escape sequences removed."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    proc = subprocess.Popen(args, cwd=cwd, stdin=slave, stdout=slave, stderr=slave,
+                            env={**env, "DVC_PAGER": "cat", "TERM": "xterm",
+                                 "COLUMNS": str(columns)})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # EIO: the command exited and closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.wait(timeout=120) == 0, b"".join(chunks).decode(errors="replace")
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    return [line.rstrip("\r") for line in text.split("\n")]
 
 
 def clean_env() -> dict[str, str]:

@@ -17,7 +17,7 @@ from ferpipe import tracking
 from ferpipe.predict import crop_face
 from tests.browser import render
 from tests.fakedata import face_like, make_image_folders, make_zip
-from tests.fakerepo import make_repo, read_csv, sh, store_runs
+from tests.fakerepo import in_terminal, make_repo, read_csv, sh, store_runs
 from tests.servers import free_port, server_on
 
 EPOCHS = 2
@@ -188,6 +188,31 @@ def test_experiment_shows_up_and_plots_diff(repo, tmp_path):
     sh(["dvc", "plots", "diff", "HEAD", name, "-o", str(tmp_path / "plots_cdn"),
         "--html-template", str(default_page)], r, env)
     assert render((tmp_path / "plots_cdn" / "index.html").as_uri()).count("<canvas") == 0
+
+
+def test_plain_exp_show_is_readable_in_a_200_column_terminal(repo):
+    """A plain `dvc exp show` pages through `less -S`: the first screen of a 200-column
+    terminal holds the experiment and the headline metrics, and the params people tune come
+    next, whole (DVC collapses what does not fit its 1024-column table into "…", from the
+    right: the plumbing params and the file hashes)."""
+    r, env = repo["path"], repo["env"]
+    sh(["dvc", "exp", "run", "-S", "train.lr=0.02"], r, env)  # a row with an experiment name
+    lines = in_terminal(["dvc", "exp", "show"], r, env, columns=200)
+    header = next(line for line in lines if line.lstrip().startswith("Experiment"))
+    first_screen = header[:200]
+    summary = json.loads((r / "metrics/summary.json").read_text())
+    def whole(name, text):
+        return re.search(rf"(?<!\S){re.escape(name)}(?!\S)", text) is not None
+    for key in summary:
+        assert whole(key, first_screen), (key, first_screen)
+    tuned = ["train.lr", "train.epochs", "train.batch_size", "train.optimizer",
+             "train.weight_decay", "train.label_smoothing", "train.ema_decay", "model.arch",
+             "model.stem", "model.pretrained", "augment.crop", "augment.hflip",
+             "augment.rotation", "augment.erasing"]
+    for name in tuned:
+        assert whole(name, header), (name, header)
+    experiment = next(line for line in lines if "└──" in line)  # the experiment's row
+    assert experiment[header.index("train.lr"):].split()[0] == "0.02"  # under its column
 
 
 def test_temp_experiment_logs_into_the_main_store(repo):
