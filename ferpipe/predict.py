@@ -13,12 +13,13 @@ the predicted expression, its probability and every class's probability, as a ta
 lines (`--json`). `--annotate DIR` writes a copy of each image with the boxes and labels drawn.
 
 Videos (files ending in .mp4 .avi .mov .mkv .webm, or a webcam with `--webcam INDEX`) are read
-with OpenCV; every `--every`-th frame is classified the same way, faces only (a frame without a
-face gives no row). Output per face: file, frame index, time in seconds (frame index / the
-file's frame rate; a webcam's: since its first frame), face index, box, expression, probability,
-every class's probability, as CSV or JSON lines (`--json`). `--annotate DIR` writes
-`<stem>.annotated.mp4` (mp4v), every frame with the latest boxes drawn. A webcam runs until
-`--max-frames` or Ctrl-C.
+with OpenCV; every `--every`-th frame is classified the same way, faces only. Output per face:
+file, frame index, time in seconds (frame index / the file's frame rate; a webcam's: since its
+first frame), face index, box, expression, probability, every class's probability, as CSV or
+JSON lines (`--json`); a classified frame without a face gets one row with only file, frame
+and time (the other CSV cells empty, JSON values null), so every classified frame has a row.
+`--annotate DIR` writes `<stem>.annotated.mp4` (mp4v), every frame with the latest boxes drawn.
+A webcam runs until `--max-frames` or Ctrl-C.
 
 `--model` takes a train-stage checkpoint, an MLflow URI of one, or an ONNX file (`.onnx`, from
 `ferpipe.export.export_onnx`), run with onnxruntime.
@@ -46,7 +47,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ferpipe.decode import to_gray
 from ferpipe.errors import FerpipeError
 from ferpipe.inference import Classifier
-from ferpipe.params import TTA_MODES
+from ferpipe.params import DEFAULT_TTA, TTA_MODES
 
 #: Files taken from a folder argument (a file named explicitly is always tried).
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -355,24 +356,31 @@ def open_video(source: Path | int):
 
 @dataclass
 class FramePrediction:
-    """One face of one video frame: the frame index, its time in seconds, the face."""
+    """One face of one video frame (file, frame index, time in seconds, the face), or a
+    classified frame in which no face was found (`prediction` None)."""
 
+    file: str
     frame: int
     time_s: float
-    prediction: Prediction
+    prediction: Prediction | None
 
     def as_dict(self) -> dict[str, Any]:
-        row = self.prediction.as_dict()
-        row.pop("whole_image")
-        return {"file": row.pop("file"), "frame": self.frame, "time_s": round(self.time_s, 3),
-                **row}
+        """The JSON line: file, frame, time_s, then face, box, expression, probability and
+        probabilities (all None for a frame without a face)."""
+        if self.prediction is None:
+            face = dict.fromkeys(("face", "box", "expression", "probability", "probabilities"))
+        else:
+            face = self.prediction.as_dict()
+            del face["file"], face["whole_image"]
+        return {"file": self.file, "frame": self.frame, "time_s": round(self.time_s, 3), **face}
 
 
 def predict_video(predictor: Predictor, source: Path | int,
                   emit: Callable[[FramePrediction], None], every: int = 1,
                   max_frames: int | None = None, annotate_dir: Path | None = None) -> int:
     """Classify the faces of every `every`-th frame of a video file or webcam, calling `emit`
-    for each face as soon as its frame is done.
+    for each face as soon as its frame is done (once with `prediction` None for a classified
+    frame without a face).
 
     Time of a frame: index / the file's frame rate (seconds); a webcam's (or a file without a
     frame rate): seconds since the first frame. With `annotate_dir`, every frame read is
@@ -424,8 +432,8 @@ def predict_video(predictor: Predictor, source: Path | int,
                     if index % every == 0:
                         gray = np.asarray(to_gray(Image.fromarray(rgb)))
                         latest = predictor.predict_image(gray, name, fallback=False)
-                        for p in latest:
-                            emit(FramePrediction(index, seconds, p))
+                        for p in latest or [None]:
+                            emit(FramePrediction(name, index, seconds, p))
                     if writer is not None:
                         writer.write(cv2.cvtColor(draw(rgb, latest), cv2.COLOR_RGB2BGR))
                     index += 1
@@ -456,9 +464,12 @@ def csv_header(names: list[str]) -> list[str]:
 
 
 def csv_row(fp: FramePrediction, names: list[str]) -> list[Any]:
-    """One row of the video CSV (see `csv_header`)."""
+    """One row of the video CSV (see `csv_header`); a frame without a face has its file, frame
+    and time, and empty cells after them."""
     p = fp.prediction
-    return [p.file, fp.frame, f"{fp.time_s:.3f}", p.face, *p.box, p.expression,
+    if p is None:
+        return [fp.file, fp.frame, f"{fp.time_s:.3f}", *[""] * (len(csv_header(names)) - 3)]
+    return [fp.file, fp.frame, f"{fp.time_s:.3f}", p.face, *p.box, p.expression,
             f"{p.probability:.4f}", *(f"{p.probabilities[n]:.4f}" for n in names)]
 
 
@@ -488,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--annotate", metavar="DIR", type=Path, default=None,
                         help="write copies of the images (PNG) and videos (<stem>.annotated.mp4) "
                              "with boxes and labels to DIR (default %(default)s: no copies)")
-    parser.add_argument("--tta", choices=TTA_MODES, default="hflip",
+    parser.add_argument("--tta", choices=TTA_MODES, default=DEFAULT_TTA,
                         help="test-time augmentation; hflip is what the evaluate stage uses "
                              "(evaluate.tta, chosen on val) for the README's test accuracy")
     parser.add_argument("--tta-crop", type=_bounded(int, 1), default=None,
@@ -609,7 +620,7 @@ def run_videos(predictor: Predictor, sources: list[Path | int], args: argparse.N
         label = f"--webcam {source}" if isinstance(source, int) else str(source)
         try:
             predict_video(predictor, source, emit, args.every, args.max_frames, args.annotate)
-            emit(None)  # the CSV header of a video without faces
+            emit(None)  # the CSV header, if Ctrl-C stopped a webcam before its first row
         except ValueError as err:
             failed += 1
             if args.json and not isinstance(source, int):

@@ -16,7 +16,8 @@ Requests (`mlflow models serve` / `POST /invocations`, JSON), one of:
   (B, 48, 48). An image whose values all lie within 0-1 (and are not all 0) is refused as
   normalized. The answer is one `{"angry": p, ..., "surprise": p}` per image.
 
-Optional `"params": {"tta": "hflip"}` (none | hflip | ten_crop). The response is
+Optional `"params": {"tta": "none"}` (none | hflip | ten_crop; default hflip, as
+`ferpipe-predict` and the README's headline accuracy). The response is
 `{"predictions": [...]}`; a bad request gets HTTP 400 and `{"error_code":
 "INVALID_PARAMETER_VALUE", "message": "<what was expected>", ...}`. The model is logged without an
 input schema (one schema cannot admit both kinds of input; the model checks its input itself) and
@@ -41,7 +42,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from ferpipe.errors import shorten
-from ferpipe.params import TTA_MODES
+from ferpipe.params import DEFAULT_TTA, TTA_MODES
 
 #: Artifact path of the serving model inside the run.
 SERVING_MODEL = "expression_model"
@@ -88,7 +89,7 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
             model_input: photos: a mapping or DataFrame whose only key / column is `image`,
                 base64-encoded image files (str); pixels: array-like (B, S, S), S = the
                 checkpoint's image size (48), values 0-255.
-            params: {"tta": "none" | "hflip" | "ten_crop"} (default none).
+            params: {"tta": "none" | "hflip" | "ten_crop"} (default `DEFAULT_TTA`, hflip).
 
         Returns:
             photos: a list of one dict per face (image, face, box [x, y, w, h] in pixels,
@@ -102,7 +103,7 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
         from ferpipe.predict import FaceDetector, Predictor
 
         try:
-            tta = (params or {}).get("tta") or "none"
+            tta = (params or {}).get("tta") or DEFAULT_TTA
             if tta not in TTA_MODES:
                 raise ValueError(f"params.tta: got {shorten(tta)}; expected one of "
                                  f"{list(TTA_MODES)}")
@@ -220,7 +221,7 @@ def log_serving_model(checkpoint: str | Path, example: np.ndarray) -> str:
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec
 
-    signature = ModelSignature(params=ParamSchema([ParamSpec("tta", "string", "none")]))
+    signature = ModelSignature(params=ParamSchema([ParamSpec("tta", "string", DEFAULT_TTA)]))
     package = Path(__file__).resolve().parent
     info = mlflow.pyfunc.log_model(
         name=SERVING_MODEL, python_model=ExpressionModel(),

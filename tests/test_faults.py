@@ -107,7 +107,7 @@ def test_killed_training_resumes_from_the_last_completed_epoch(repo):
     client, runs = store_runs(r)
     assert [run.info.run_id for run in runs] == [run_id]  # the same MLflow run, continued
     assert runs[0].info.status == "FINISHED"
-    steps = sorted({m.step for m in client.get_metric_history(run_id, "val_accuracy")})
+    steps = sorted({m.step for m in client.get_metric_history(run_id, "epoch/val_accuracy")})
     assert steps == list(range(1, EPOCHS + 1))
     assert "summary/test_accuracy" in runs[0].data.metrics
     assert "up to date" in sh(["dvc", "status"], r, env)
@@ -154,7 +154,7 @@ def test_two_queued_experiments_run_at_once_and_both_reach_mlflow(repo):
     assert sorted(run.data.params["train.lr"] for run in new) == ["0.001", "0.002"]
     for run in new:
         assert run.info.status == "FINISHED" and "summary/test_accuracy" in run.data.metrics
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch/val_accuracy")]
         assert steps == [1, 2]
     shown = json.loads(sh(["dvc", "exp", "show", "--json"], r, env, stdout_only=True))
     lrs = {rev["data"]["params"]["params.yaml"]["data"]["train"]["lr"]

@@ -205,3 +205,12 @@ def test_debug_shows_the_traceback(tmp_path):
                           env={**os.environ, "FERPIPE_DEBUG": "1"})
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "error: nope.yaml: params file not found" in proc.stderr
+
+
+def test_predict_and_serving_default_to_the_headline_tta():
+    """`ferpipe-predict` and the served model answer as the README's headline accuracy scores."""
+    from ferpipe.params import DEFAULT_TTA
+    from ferpipe.predict import build_parser
+
+    assert DEFAULT_TTA == load_params(ROOT / "params.yaml").evaluate.tta
+    assert build_parser().parse_args(["x.png"]).tta == DEFAULT_TTA

@@ -103,10 +103,10 @@ def test_mlflow_holds_one_complete_run(repo):
     assert run.data.params["train.epochs"] == str(EPOCHS)
     assert run.data.params["model.stem"] == "standard"
     assert run.data.tags["device"] == "cpu" and run.data.tags["torch_version"]
-    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    history = client.get_metric_history(run.info.run_id, "epoch/val_accuracy")
     assert [m.step for m in history] == list(range(1, EPOCHS + 1))
     # per-epoch series hold only the epochs; the run's summaries have keys of their own
-    speeds = client.get_metric_history(run.info.run_id, "images_per_s")
+    speeds = client.get_metric_history(run.info.run_id, "epoch/images_per_s")
     assert [m.step for m in speeds] == list(range(1, EPOCHS + 1))
     train = json.loads((r / "metrics/train.json").read_text())
     assert run.data.metrics["summary/images_per_s"] == pytest.approx(train["images_per_s"])
@@ -119,8 +119,9 @@ def test_mlflow_holds_one_complete_run(repo):
     for key, value in summary.items():
         assert run.data.metrics[f"summary/{key}"] == pytest.approx(value)
     assert run.data.metrics["summary/test_recall_disgust"] >= 0
-    per_epoch = {"train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                 "val_balanced_accuracy", "lr", "seconds", "images_per_s"}
+    per_epoch = {f"epoch/{k}" for k in ("train_loss", "train_accuracy", "val_loss",
+                                        "val_accuracy", "val_balanced_accuracy", "lr",
+                                        "seconds", "images_per_s")}
     assert {k for k in run.data.metrics if not k.startswith("summary/")} == per_epoch
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert "plots/confusion.png" in artifacts and len(artifacts) == 6
@@ -211,8 +212,9 @@ def test_plain_exp_show_is_readable_in_a_200_column_terminal(repo):
              "augment.rotation", "augment.erasing"]
     for name in tuned:
         assert whole(name, header), (name, header)
-    experiment = next(line for line in lines if "└──" in line)  # the experiment's row
-    assert experiment[header.index("train.lr"):].split()[0] == "0.02"  # under its column
+    experiments = [line for line in lines if "├──" in line or "└──" in line]
+    column = header.index("train.lr")  # each experiment's lr sits under its column
+    assert "0.02" in {row[column:].split()[0] for row in experiments}, experiments
 
 
 def test_temp_experiment_logs_into_the_main_store(repo):
@@ -343,7 +345,12 @@ def test_mlflow_ui_opens_on_the_runs_table_with_the_headline_columns(repo):
                    "/health", r, env) as url:
         # wide enough that the grid renders every column (it leaves out those off-screen)
         dom = render(tracking.ui_url(experiment, url), budget_ms=40000, width=5000)
+        charts = render(tracking.ui_url(experiment, url) + "&compareRunsMode=CHART",
+                        budget_ms=40000)
     columns = set(re.findall(r'col-id="([^"]+)"', dom))
     assert set(tracking.VIEW_COLUMNS) <= columns, sorted(columns)
     for run in runs:
         assert run.info.run_name in dom
+    # The charts view: the per-epoch curves' section first, the run summaries after it.
+    sections = re.findall(r'>([^<>]+)</div><div[^>]*>\((\d+)\)</div>', charts)
+    assert [name for name, _ in sections][:2] == ["epoch", "summary"], sections

@@ -370,6 +370,38 @@ def test_video_every_n_frames_json_and_annotated_video(checkpoint, video, tmp_pa
         assert np.abs(corner).mean() < 5  # elsewhere only the codec's noise
 
 
+def test_frames_without_a_face_still_get_a_row(checkpoint, tmp_path, capsys):
+    """Per-frame results: a classified frame in which no face is found gets a row with its
+    frame and time and nothing else, so "no face" differs from "not classified"."""
+    import csv
+
+    import cv2
+
+    path = tmp_path / "blank_then_face.mp4"
+    face = cv2.cvtColor(cv2.resize(skdata.astronaut(), (320, 320)), cv2.COLOR_RGB2BGR)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (320, 320))
+    for i in range(6):
+        writer.write(np.full_like(face, 128) if i < 3 else face)
+    writer.release()
+    assert main([str(path), "--model", str(checkpoint), "--tta", "none"]) == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert [int(r["frame"]) for r in rows] == list(range(6))
+    assert [float(r["time_s"]) for r in rows] == pytest.approx([i / FPS for i in range(6)])
+    for row in rows[:3]:
+        assert row["file"] == str(path)
+        rest = {k: v for k, v in row.items() if k not in ("file", "frame", "time_s")}
+        assert rest == dict.fromkeys(["face", "x", "y", "w", "h", "expression", "probability",
+                                      *CLASS_NAMES], "")
+    assert all(r["face"] == "0" and r["expression"] in CLASS_NAMES for r in rows[3:])
+
+    assert main([str(path), "--model", str(checkpoint), "--every", "2", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["frame"] for r in lines] == [0, 2, 4]
+    assert lines[0] == {"file": str(path), "frame": 0, "time_s": 0.0, "face": None, "box": None,
+                        "expression": None, "probability": None, "probabilities": None}
+    assert lines[2]["face"] == 0 and set(lines[2]["probabilities"]) == set(CLASS_NAMES)
+
+
 def test_max_frames_and_mixed_inputs(checkpoint, video, photos, capsys):
     assert main([str(video), "--model", str(checkpoint), "--max-frames", "5", "--json"]) == 0
     assert [json.loads(line)["frame"] for line in capsys.readouterr().out.splitlines()] == [

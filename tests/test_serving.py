@@ -89,7 +89,7 @@ def test_photos_answer_as_the_predict_command_does(server, checkpoint):
     wrapped = "\n".join(jpeg[i:i + 76] for i in range(0, len(jpeg), 76))  # as `base64` writes
     photos = [base64.b64encode(files[0]).decode(), "data:image/jpeg;base64," + wrapped,
               base64.b64encode(files[2]).decode()]
-    status, body = post(server, {"inputs": {"image": photos}, "params": {"tta": "hflip"}})
+    status, body = post(server, {"inputs": {"image": photos}})  # the default TTA: hflip
     assert status == 200, body
     answers = json.loads(body)["predictions"]
 
@@ -112,14 +112,15 @@ def test_photos_answer_as_the_predict_command_does(server, checkpoint):
 def test_pixel_crops_answer_as_the_classifier_does(server, checkpoint):
     images = np.stack([face_like(c, np.random.default_rng(c)) for c in range(3)])
     images[2] = 0  # an all-black image is not taken for normalized pixels
-    status, body = post(server, {"inputs": images.tolist()})
-    assert status == 200, body
-    answers = json.loads(body)["predictions"]
-    expected = Classifier.from_checkpoint(checkpoint).predict(images)
-    assert [list(a) for a in answers] == [list(CLASS_NAMES)] * 3
-    np.testing.assert_allclose([list(a.values()) for a in answers], expected, atol=1e-5)
-    status, body = post(server, {"inputs": images[:1].tolist(), "params": {"tta": "ten_crop"}})
-    assert status == 200 and json.loads(body)["predictions"][0] != answers[0]
+    classifier = Classifier.from_checkpoint(checkpoint)
+    for params, tta in (({}, "hflip"), ({"params": {"tta": "none"}}, "none"),
+                        ({"params": {"tta": "ten_crop"}}, "ten_crop")):
+        status, body = post(server, {"inputs": images.tolist(), **params})
+        assert status == 200, body
+        answers = json.loads(body)["predictions"]
+        assert [list(a) for a in answers] == [list(CLASS_NAMES)] * 3
+        np.testing.assert_allclose([list(a.values()) for a in answers],
+                                   classifier.predict(images, tta=tta), atol=1e-5)
 
 
 FACE = face_like(1, np.random.default_rng(1))
