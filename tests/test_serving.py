@@ -176,6 +176,6 @@ def test_the_model_rounds_pixels_and_names_the_classes(checkpoint):
     images = np.stack([face_like(c, np.random.default_rng(c)) for c in range(3)])
     out = model.predict(None, images.astype(np.float32).tolist())
     assert list(out.columns) == list(CLASS_NAMES) and out.shape == (3, 7)
-    expected = Classifier.from_checkpoint(checkpoint).predict(images)
+    expected = Classifier.from_checkpoint(checkpoint).predict(images, tta="hflip")  # default
     np.testing.assert_allclose(out.to_numpy(), expected, atol=1e-6)
     np.testing.assert_array_equal(to_pixels([[[0.4, 254.6] * 24] * 48], 48)[0, 0, :2], [0, 255])
