@@ -46,9 +46,6 @@ STEMS: tuple[str, ...] = get_args(Stem)
 AMP_MODES: tuple[str, ...] = get_args(AmpMode)
 #: Test-time augmentation modes (see `ferpipe.inference.tta_views`).
 TTA_MODES: tuple[str, ...] = get_args(TtaMode)
-#: The TTA of the README's headline accuracy (params.yaml `evaluate.tta`, chosen on val): the
-#: default of `ferpipe-predict` and of the served model, so they answer as the headline scores.
-DEFAULT_TTA: TtaMode = "hflip"
 
 #: The largest seed: numpy and scikit-learn take seeds in 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1

@@ -42,7 +42,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from ferpipe.errors import shorten
-from ferpipe.params import DEFAULT_TTA, TTA_MODES
+from ferpipe.params import TTA_MODES
+from ferpipe.predict import DEFAULT_TTA
 
 #: Artifact path of the serving model inside the run.
 SERVING_MODEL = "expression_model"
