@@ -50,7 +50,7 @@ from ferpipe.distributed import wrap_model
 from ferpipe.errors import ParamsError, run_main
 from ferpipe.model import build_model
 from ferpipe.params import AMP_MODES, STEMS, TTA_MODES, Params, load_params
-from ferpipe.predict import HelpFormatter
+from ferpipe.predict import DEFAULT_TTA, HelpFormatter
 from ferpipe.training import make_recipe, train_one_epoch, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -323,7 +323,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=50, help="photos timed with --predict")
     p.add_argument("--faces", type=int, default=8,
                    help="face crops per batch for --predict's per-face figure")
-    p.add_argument("--tta", choices=TTA_MODES, default="none", help="TTA for --predict")
+    p.add_argument("--tta", choices=TTA_MODES, default=DEFAULT_TTA,
+                   help="TTA for --predict (the predict command's default)")
     p.add_argument("--compare-onnx", action="store_true",
                    help="with --predict: export --model (a checkpoint) to ONNX in a temporary "
                         "folder and measure both, PyTorch first")
