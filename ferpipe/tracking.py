@@ -91,8 +91,11 @@ def share_table_view(experiment_id: str) -> None:
 
 
 def ui_url(experiment_id: str, server: str = "http://127.0.0.1:5000") -> str:
-    """The `mlflow ui` address of the experiment's runs table in the shared view."""
-    return f"{server}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+    """The `mlflow ui` address of the experiment's runs table in the shared view, in the UI's
+    "Model training" mode (MLflow 3 opens in its GenAI mode unless the address or the browser's
+    storage says otherwise)."""
+    return (f"{server}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+            "&workflowType=machine_learning")
 
 
 def setup(experiment: str) -> str:

@@ -351,6 +351,8 @@ def test_mlflow_ui_opens_on_the_runs_table_with_the_headline_columns(repo):
     assert set(tracking.VIEW_COLUMNS) <= columns, sorted(columns)
     for run in runs:
         assert run.info.run_name in dom
+    # in the UI's "Model training" mode (its menu), not the GenAI one (traces, judges, prompts)
+    assert ">Model registry<" in dom and ">Judges<" not in dom
     # The charts view: the per-epoch curves' section first, the run summaries after it.
     sections = re.findall(r'>([^<>]+)</div><div[^>]*>\((\d+)\)</div>', charts)
     assert [name for name, _ in sections][:2] == ["epoch", "summary"], sections
