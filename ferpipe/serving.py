@@ -40,10 +40,12 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from PIL import Image
 
 from ferpipe.errors import shorten
+from ferpipe.inference import Classifier
 from ferpipe.params import TTA_MODES
-from ferpipe.predict import DEFAULT_TTA
+from ferpipe.predict import DEFAULT_TTA, FaceDetector, Predictor, load_gray
 
 #: Artifact path of the serving model inside the run.
 SERVING_MODEL = "expression_model"
@@ -77,8 +79,6 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper of a train-stage checkpoint (logged as the artifact `checkpoint`)."""
 
     def load_context(self, context: Any) -> None:
-        from ferpipe.inference import Classifier
-
         self.classifier = Classifier.from_checkpoint(context.artifacts["checkpoint"])
         self.local = threading.local()  # a face detector per serving thread (OpenCV's cascade
         # is not documented as safe to share between threads)
@@ -101,8 +101,6 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
             BadRequest: an unknown `tta`; a photo that is not base64 or not an image; pixels of
                 another shape, not numbers, outside 0-255 or looking normalized (0-1); no images.
         """
-        from ferpipe.predict import FaceDetector, Predictor
-
         try:
             tta = (params or {}).get("tta") or DEFAULT_TTA
             if tta not in TTA_MODES:
@@ -156,10 +154,6 @@ def decode_photo(text: Any, name: str) -> np.ndarray:
         ValueError: not a string, not base64, not an image, or over Pillow's
             decompression-bomb limit; the message starts with `name`.
     """
-    from PIL import Image
-
-    from ferpipe.predict import load_gray
-
     if not isinstance(text, str):
         raise ValueError(f"{name}: expected a base64-encoded image file (a string); got "
                          f"{type(text).__name__}")
