@@ -229,7 +229,7 @@ def noop_repro_seconds() -> float | None:
     return time.perf_counter() - start
 
 
-def predict_latency(model: Path, repeats: int, tta: str = "none", faces: int = 8
+def predict_latency(model: Path, repeats: int, tta: str = DEFAULT_TTA, faces: int = 8
                     ) -> dict[str, Any]:
     """Milliseconds per 640 x 480 photo with one face through the predict command's steps.
 

@@ -180,7 +180,7 @@ class Predictor:
     classifier: Classifier
     detector: FaceDetector = field(default_factory=FaceDetector)
     margin: float = 0.1
-    tta: str = "none"
+    tta: str = DEFAULT_TTA
     tta_crop: int | None = None
 
     def predict_image(self, gray: np.ndarray, name: str, fallback: bool = True

@@ -16,8 +16,8 @@ Requests (`mlflow models serve` / `POST /invocations`, JSON), one of:
   (B, 48, 48). An image whose values all lie within 0-1 (and are not all 0) is refused as
   normalized. The answer is one `{"angry": p, ..., "surprise": p}` per image.
 
-Optional `"params": {"tta": "none"}` (none | hflip | ten_crop; default hflip, as
-`ferpipe-predict` and the README's headline accuracy). The response is
+Optional `"params": {"tta": "none"}` (none | hflip | ten_crop; the default is the TTA the
+evaluate stage scored the model with, `evaluate.tta`: hflip, as `ferpipe-predict`). The response is
 `{"predictions": [...]}`; a bad request gets HTTP 400 and `{"error_code":
 "INVALID_PARAMETER_VALUE", "message": "<what was expected>", ...}`. The model is logged without an
 input schema (one schema cannot admit both kinds of input; the model checks its input itself) and
@@ -76,7 +76,11 @@ class BadRequest(MlflowException):
 
 
 class ExpressionModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper of a train-stage checkpoint (logged as the artifact `checkpoint`)."""
+    """pyfunc wrapper of a train-stage checkpoint (logged as the artifact `checkpoint`);
+    `default_tta` is the TTA of a request without `params.tta`."""
+
+    def __init__(self, default_tta: str = DEFAULT_TTA) -> None:
+        self.default_tta = default_tta
 
     def load_context(self, context: Any) -> None:
         self.classifier = Classifier.from_checkpoint(context.artifacts["checkpoint"])
@@ -90,7 +94,7 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
             model_input: photos: a mapping or DataFrame whose only key / column is `image`,
                 base64-encoded image files (str); pixels: array-like (B, S, S), S = the
                 checkpoint's image size (48), values 0-255.
-            params: {"tta": "none" | "hflip" | "ten_crop"} (default `DEFAULT_TTA`, hflip).
+            params: {"tta": "none" | "hflip" | "ten_crop"} (default `self.default_tta`).
 
         Returns:
             photos: a list of one dict per face (image, face, box [x, y, w, h] in pixels,
@@ -102,7 +106,7 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
                 another shape, not numbers, outside 0-255 or looking normalized (0-1); no images.
         """
         try:
-            tta = (params or {}).get("tta") or DEFAULT_TTA
+            tta = (params or {}).get("tta") or self.default_tta
             if tta not in TTA_MODES:
                 raise ValueError(f"params.tta: got {shorten(tta)}; expected one of "
                                  f"{list(TTA_MODES)}")
@@ -202,13 +206,16 @@ def to_pixels(model_input: Any, size: int) -> np.ndarray:
     return np.rint(x).astype(np.uint8)
 
 
-def log_serving_model(checkpoint: str | Path, example: np.ndarray) -> str:
+def log_serving_model(checkpoint: str | Path, example: np.ndarray, tta: str = DEFAULT_TTA
+                      ) -> str:
     """Log the checkpoint as the pyfunc `expression_model` of the active run: no input schema
     (the model takes photos or pixels and checks them itself), a params schema for `tta`.
 
     Args:
         checkpoint: the train stage's checkpoint file.
         example: float32 (B, S, S) pixels 0-255: the input example (`serving_input_example.json`).
+        tta: the TTA of a request that gives none (the evaluate stage passes `evaluate.tta`,
+            the TTA its test accuracy was scored with).
 
     Returns:
         The model URI (`models:/m-...`).
@@ -216,10 +223,10 @@ def log_serving_model(checkpoint: str | Path, example: np.ndarray) -> str:
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec
 
-    signature = ModelSignature(params=ParamSchema([ParamSpec("tta", "string", DEFAULT_TTA)]))
+    signature = ModelSignature(params=ParamSchema([ParamSpec("tta", "string", tta)]))
     package = Path(__file__).resolve().parent
     info = mlflow.pyfunc.log_model(
-        name=SERVING_MODEL, python_model=ExpressionModel(),
+        name=SERVING_MODEL, python_model=ExpressionModel(tta),
         artifacts={"checkpoint": str(checkpoint)}, code_paths=[str(package)],
         input_example=example, signature=signature,
         pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={_version('torch')}",

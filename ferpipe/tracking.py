@@ -66,8 +66,10 @@ def artifact_location(experiment: str) -> str:
     return (repo_root() / "mlartifacts" / experiment).as_uri()
 
 
-#: MLflow 3's experiment-kind tag: without it the UI may open an experiment on its GenAI overview
-#: (traces, latency); "custom_model_development" opens it on the training runs table.
+#: MLflow 3's experiment-kind tag, marking the experiment as model training rather than GenAI.
+#: MLflow 3.17's UI still starts in its GenAI mode (an experiment opens on an empty traces
+#: overview) unless the address says `workflowType=machine_learning`, as `ui_url`'s does, or the
+#: user picked "Model training" once.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 

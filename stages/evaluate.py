@@ -138,7 +138,7 @@ def main() -> None:
 
     photo = skdata.astronaut()
     model.cpu()  # the predict command's path, as a user runs it
-    faces = Predictor(classifier).predict_image(
+    faces = Predictor(classifier, tta=cfg.tta).predict_image(
         np.asarray(Image.fromarray(photo).convert("L")), "astronaut")
     print("astronaut: " + ", ".join(f"{f.expression} {f.probability:.2f}" for f in faces))
     with stage_outputs() as outs:
@@ -166,7 +166,7 @@ def main() -> None:
             size = classifier.image_size
             example = np.stack([np.full((size, size), 128.0),
                                 np.tile(np.linspace(0, 255, size), (size, 1))]).astype(np.float32)
-            uri = serving.log_serving_model(cfg.model, example)
+            uri = serving.log_serving_model(cfg.model, example, tta=cfg.tta)
             version = serving.register(uri, cfg.registry_name, cfg.registry_alias, {
                 "test_accuracy": f"{metrics['accuracy']:.4f}", "tta": cfg.tta,
                 "test_accuracy_no_tta": f"{no_tta['accuracy']:.4f}",

@@ -7,11 +7,13 @@ import fcntl
 import os
 import pty
 import re
+import select
 import shutil
 import struct
 import subprocess
 import sys
 import termios
+import time
 from pathlib import Path
 
 import mlflow
@@ -28,19 +30,22 @@ def sh(args, cwd, env, stdout_only=False):
     return proc.stdout if stdout_only else proc.stdout + proc.stderr
 
 
-def in_terminal(args, cwd, env, columns: int = 200) -> list[str]:
+def in_terminal(args, cwd, env, columns: int = 200, timeout_s: float = 300) -> list[str]:
     """Run a command as a user would in a terminal `columns` characters wide: on a pty of that
     size, with DVC's pager replaced by `cat` (DVC pages through `less -S`, which shows each
     line's first `columns` characters and scrolls sideways). Returns the output's lines with
-    colours and other escape sequences removed."""
+    colours and other escape sequences removed; fails the test if the command fails or is still
+    running after `timeout_s` seconds."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     proc = subprocess.Popen(args, cwd=cwd, stdin=slave, stdout=slave, stderr=slave,
                             env={**env, "DVC_PAGER": "cat", "TERM": "xterm",
                                  "COLUMNS": str(columns)})
     os.close(slave)
-    chunks = []
-    while True:
+    chunks, deadline = [], time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not select.select([master], [], [], 1)[0]:
+            continue
         try:
             chunk = os.read(master, 1 << 16)
         except OSError:  # EIO: the command exited and closed the terminal
@@ -49,7 +54,9 @@ def in_terminal(args, cwd, env, columns: int = 200) -> list[str]:
             break
         chunks.append(chunk)
     os.close(master)
-    assert proc.wait(timeout=120) == 0, b"".join(chunks).decode(errors="replace")
+    if proc.poll() is None and time.monotonic() >= deadline:
+        proc.kill()
+    assert proc.wait(timeout=30) == 0, b"".join(chunks).decode(errors="replace")
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
     return [line.rstrip("\r") for line in text.split("\n")]
 

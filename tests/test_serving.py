@@ -123,6 +123,25 @@ def test_pixel_crops_answer_as_the_classifier_does(server, checkpoint):
                                    classifier.predict(images, tta=tta), atol=1e-5)
 
 
+def test_the_logged_default_tta_is_the_one_asked_for(checkpoint, tmp_path):
+    """The evaluate stage logs the model with `evaluate.tta` as the TTA of a request without
+    params: MLflow fills it in from the params schema."""
+    images = np.stack([face_like(c, np.random.default_rng(c)) for c in range(2)])
+    expected = Classifier.from_checkpoint(checkpoint).predict(images, tta="none")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        experiment = mlflow.create_experiment("tta", (tmp_path / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
+            uri = log_serving_model(checkpoint, images.astype(np.float32), tta="none")
+        model = mlflow.pyfunc.load_model(uri)
+        assert model.metadata.get_params_schema().params[0].default == "none"
+        np.testing.assert_allclose(model.predict(images.astype(np.float32)).to_numpy(),
+                                   expected, atol=1e-6)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 FACE = face_like(1, np.random.default_rng(1))
 PIXELS = "expected pixel values 0-255 (not normalized); got"
 
