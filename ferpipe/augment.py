@@ -174,7 +174,8 @@ AUTO_AUGMENT = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
 def auto_augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """`augment.autoaugment`: torchvision's AutoAugment, ImageNet policy (Cubuk et al. 2019,
     "AutoAugment: Learning Augmentation Policies from Data", CVPR; `torchvision.transforms.v2.
-    AutoAugment`), as seed project 004 uses it: each image draws its own sub-policy.
+    AutoAugment`), as a FER2013 transfer-learning notebook uses it: each image draws its own
+    sub-policy.
 
     AutoAugment given a batch would apply one sub-policy to all of it, so the images go through
     it one at a time, on their device. AutoAugment draws its randomness from torch's global CPU

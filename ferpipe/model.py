@@ -1,4 +1,4 @@
-"""The model: a torchvision ResNet18 (or seed 004's small CNN) for 1-channel 48x48 faces, and its
+"""The model: a torchvision ResNet18 (or a small baseline CNN) for 1-channel 48x48 faces, and its
 self-describing checkpoint."""
 
 from __future__ import annotations
@@ -116,7 +116,8 @@ def freeze_stages(model: nn.Module, stages: int) -> nn.Module:
 
 
 class SmallCNN(nn.Module):
-    """`model.arch: small_cnn`: the small custom CNN "Model 0" of seed project 004.
+    """`model.arch: small_cnn`: the small custom CNN "Model 0" of a FER2013 transfer-learning
+    notebook, as a baseline.
 
     Three blocks of Conv2d 3x3 (padding 1) + BatchNorm2d + ReLU + MaxPool2d(2) with 16, 32 and 64
     channels, then flatten and the head `fc`: Linear(64 * (input_size // 8)**2, 128) + ReLU +

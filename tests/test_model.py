@@ -76,7 +76,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_small_cnn_output_shape_and_parameter_count():
-    """Seed 004's "Model 0": 3 conv blocks (16/32/64) + a 128-unit MLP head."""
+    """The baseline "Model 0": 3 conv blocks (16/32/64) + a 128-unit MLP head."""
     model = build_model(arch(arch="small_cnn", dropout=0.5)).eval()
     assert isinstance(model, SmallCNN)
     x = torch.randn(3, 1, 48, 48)
