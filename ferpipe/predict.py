@@ -49,8 +49,9 @@ from ferpipe.errors import FerpipeError
 from ferpipe.inference import Classifier
 from ferpipe.params import TTA_MODES
 
-#: The TTA of the README's headline accuracy (params.yaml `evaluate.tta`, chosen on val): the
-#: default of this command and of the served model, so they answer as the headline scores.
+#: The TTA of the README's headline accuracy (params.yaml `evaluate.tta`, chosen on val): this
+#: command's default, so it answers as the headline scores. (The served model's default is the
+#: `evaluate.tta` its evaluate stage ran with; this one when logged without it.)
 DEFAULT_TTA = "hflip"
 
 #: Files taken from a folder argument (a file named explicitly is always tried).

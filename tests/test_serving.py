@@ -9,6 +9,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,22 +36,31 @@ def checkpoint(tmp_path_factory):
 
 
 
+@contextmanager
+def temp_store(folder: Path):
+    """MLflow pointed at a SQLite store in `folder`, inside a run of a new experiment whose
+    artifacts are in `folder` too; yields the store's URI. The previous tracking URI is
+    restored after."""
+    store = f"sqlite:///{folder / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store)
+    try:
+        experiment = mlflow.create_experiment("serving", (folder / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
+            yield store
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 @pytest.fixture(scope="module")
 def server(checkpoint, tmp_path_factory):
     """URL of `mlflow models serve` of the model `log_serving_model` logs into a temp SQLite
     store (artifacts in the temp folder too)."""
     tmp = tmp_path_factory.mktemp("serve")
-    store = f"sqlite:///{tmp / 'mlflow.db'}"
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(store)
-    try:
-        experiment = mlflow.create_experiment("serving", (tmp / "artifacts").as_uri())
-        with mlflow.start_run(experiment_id=experiment):
-            example = np.stack([np.full((48, 48), 128.0),
-                                np.tile(np.linspace(0, 255, 48), (48, 1))]).astype(np.float32)
-            uri = log_serving_model(checkpoint, example)
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with temp_store(tmp) as store:
+        example = np.stack([np.full((48, 48), 128.0),
+                            np.tile(np.linspace(0, 255, 48), (48, 1))]).astype(np.float32)
+        uri = log_serving_model(checkpoint, example)
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": store,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -128,18 +138,12 @@ def test_the_logged_default_tta_is_the_one_asked_for(checkpoint, tmp_path):
     params: MLflow fills it in from the params schema."""
     images = np.stack([face_like(c, np.random.default_rng(c)) for c in range(2)])
     expected = Classifier.from_checkpoint(checkpoint).predict(images, tta="none")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    try:
-        experiment = mlflow.create_experiment("tta", (tmp_path / "artifacts").as_uri())
-        with mlflow.start_run(experiment_id=experiment):
-            uri = log_serving_model(checkpoint, images.astype(np.float32), tta="none")
+    with temp_store(tmp_path):
+        uri = log_serving_model(checkpoint, images.astype(np.float32), tta="none")
         model = mlflow.pyfunc.load_model(uri)
-        assert model.metadata.get_params_schema().params[0].default == "none"
-        np.testing.assert_allclose(model.predict(images.astype(np.float32)).to_numpy(),
-                                   expected, atol=1e-6)
-    finally:
-        mlflow.set_tracking_uri(previous)
+    assert model.metadata.get_params_schema().params[0].default == "none"
+    np.testing.assert_allclose(model.predict(images.astype(np.float32)).to_numpy(),
+                               expected, atol=1e-6)
 
 
 FACE = face_like(1, np.random.default_rng(1))
