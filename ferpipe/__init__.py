@@ -22,6 +22,7 @@ Modules, in the order data flows:
 - `plots`: matplotlib figures.
 - `predict`: the `ferpipe-predict` command (faces in photos).
 - `serving`: the MLflow pyfunc model and the model registry.
-- `bench`: the `ferpipe-bench` command (training speed, predict latency).
+- `bench`: the `ferpipe-bench` command (training speed side by side, profile, predict latency).
+- `gpucheck`: `python -m ferpipe.gpucheck`, the offline GPU check (speed, syncs, a short run).
 - `codedeps`: which package modules a script imports (dvc.yaml deps, resume fingerprint).
 """

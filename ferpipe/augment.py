@@ -22,6 +22,7 @@ that is not whole-batch).
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -33,6 +34,23 @@ from ferpipe.params import Augment
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator, device) -> torch.Tensor:
     return torch.rand(n, generator=gen, device=device) * (high - low) + low
+
+
+def host_generator(gen: torch.Generator) -> torch.Generator:
+    """A CPU generator for the choices made on the host (mixing coin flips, AutoAugment's seed),
+    derived from `gen` without waiting for its device.
+
+    Reading a number drawn on a GPU waits for every queued kernel (a host sync per batch);
+    reading a CUDA generator's state does not (its seed and offset live on the host). So for a
+    device generator, the CPU generator is seeded from a hash of `gen`'s state and `gen` is
+    advanced by one (queued) draw, so the next call gets another seed; the choices still depend
+    only on `gen`. A CPU generator is returned as it is.
+    """
+    if gen.device.type == "cpu":
+        return gen
+    digest = hashlib.blake2b(gen.get_state().numpy().tobytes(), digest_size=8).digest()
+    torch.rand(1, generator=gen, device=gen.device)  # advances gen's offset; nothing is read
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
 def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -71,9 +89,9 @@ def augment_batch(images: torch.Tensor, cfg: Augment, mean: float, std: float,
     theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], dim=1),
                          torch.stack([sin * flip, cos, shift[:, 1]], dim=1)], dim=1)
     if cfg.rotation or cfg.scale or cfg.translate or cfg.hflip:
-        grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    x = random_crop(x, cfg.crop, gen)
+        x = affine_crop(x, theta, cfg.crop, gen)
+    else:
+        x = random_crop(x, cfg.crop, gen)
 
     # Brightness (multiply) and contrast (blend with the image mean), as ColorJitter.
     if cfg.brightness:
@@ -120,6 +138,48 @@ def random_erasing(x: torch.Tensor, p: float, gen: torch.Generator,
     return x.masked_fill(mask.unsqueeze(1), 0.0)
 
 
+def crop_offsets(b: int, h: int, w: int, size: int, gen: torch.Generator, device
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top and left offsets (int64 (b,), pixels) of `size` x `size` windows of h x w images,
+    each uniform over the valid offsets."""
+    top = (torch.rand(b, generator=gen, device=device) * (h - size + 1)).long().clamp_(max=h - size)
+    left = (torch.rand(b, generator=gen, device=device) * (w - size + 1)).long().clamp_(max=w - size)
+    return top, left
+
+
+def affine_crop(x: torch.Tensor, theta: torch.Tensor, size: int, gen: torch.Generator
+                ) -> torch.Tensor:
+    """The affine transform `theta` of each image, then a random `size` x `size` window of it,
+    in one `grid_sample` that computes only the window.
+
+    Equal (up to float rounding) to sampling the whole transformed image and cropping it
+    (`random_crop`, with the same offsets from `gen`), at (size / H)^2 of the sampling work: the
+    window's output pixels are mapped to their place in the whole output grid, and from there
+    through `theta`.
+
+    Args:
+        x: float (B, C, H, W). theta: float (B, 2, 3), output -> input in normalized
+            [-1, 1] coordinates (`F.affine_grid`, align_corners=False). size: crop side, pixels
+            (>= H and W: the whole image).
+
+    Returns:
+        float (B, C, size, size) (or (B, C, H, W)), bilinear, border padding.
+    """
+    b, c, h, w = x.shape
+    if size >= h and size >= w:
+        grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    top, left = crop_offsets(b, h, w, size, gen, x.device)
+    # Window pixel i (normalized u' = (2i + 1) / size - 1) is whole-grid pixel i + left:
+    # u = (2 (i + left) + 1) / W - 1 = (size / W) u' + (size + 2 left) / W - 1.
+    scale = theta.new_tensor([size / w, size / h])
+    offset = torch.stack([(size + 2 * left) / w - 1, (size + 2 * top) / h - 1], dim=1).to(theta)
+    linear = theta[:, :, :2]
+    window = torch.cat([linear * scale, (linear @ offset.unsqueeze(2)) + theta[:, :, 2:]], dim=2)
+    grid = F.affine_grid(window, [b, c, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def random_crop(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
     """A random `size` x `size` window of each image, its offset uniform over the valid ones.
 
@@ -133,8 +193,7 @@ def random_crop(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tenso
     if size >= h and size >= w:
         return x
     dev = x.device
-    top = (torch.rand(b, generator=gen, device=dev) * (h - size + 1)).long().clamp_(max=h - size)
-    left = (torch.rand(b, generator=gen, device=dev) * (w - size + 1)).long().clamp_(max=w - size)
+    top, left = crop_offsets(b, h, w, size, gen, dev)
     steps = torch.arange(size, device=dev)
     rows = (top[:, None] + steps).view(b, 1, size, 1)
     cols = (left[:, None] + steps).view(b, 1, 1, size)
@@ -146,7 +205,8 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: Augment, num_classes: int,
               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup or CutMix on a normalized batch, with probability `cfg.mix_prob`.
 
-    The coin flip and the choice between the two (when both alphas are on) come from `gen`;
+    The coin flip and the choice between the two (when both alphas are on) come from `gen`
+    (through `host_generator`, so a GPU batch is mixed without a host sync);
     the mixing weight comes from torchvision's transform (torch's global RNG, saved in the resume
     checkpoint). Each image is mixed with its neighbour in the batch (torchvision's convention;
     the batch order is already random).
@@ -160,7 +220,7 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: Augment, num_classes: int,
     """
     choices = [(transform, alpha) for transform, alpha in ((v2.MixUp, cfg.mixup_alpha),
                                                            (v2.CutMix, cfg.cutmix_alpha)) if alpha]
-    flips = torch.rand(2, generator=gen, device=gen.device).tolist()
+    flips = torch.rand(2, generator=host_generator(gen)).tolist()
     if not choices or flips[0] >= cfg.mix_prob:
         return x, F.one_hot(y, num_classes).float()
     transform, alpha = choices[int(flips[1] * len(choices))]
@@ -190,7 +250,7 @@ def auto_augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     Returns:
         uint8 tensor (B, H, W), on the same device; the geometric operations fill with 0.
     """
-    seed = int(torch.randint(2**62, (1,), generator=gen, device=images.device).item())
+    seed = int(torch.randint(2**62, (1,), generator=host_generator(gen)).item())
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         return torch.stack([AUTO_AUGMENT(image.unsqueeze(0)) for image in images]).squeeze(1)

@@ -18,6 +18,17 @@ the data stages (download from the local archive, prepare, stats) run in a tempo
 optionally the time of a no-op `dvc repro`. Bare, pipeline and baseline are measured in turns
 (`--rounds`) so drifting machine speed hits all three alike.
 
+It also prints the achieved TFLOP/s of the step (its FLOPs per image, counted by
+`torch.utils.flop_counter`, times the pipeline's images/s) beside the TFLOP/s of a 4096^3 bf16
+matrix product on the same device, the ceiling (`--no-ceiling` skips it).
+
+`--compare [SPEC ...]` measures several settings side by side instead, in turns: each SPEC is
+comma-separated `section.key=value` overrides of the params file (as `dvc exp run -S`; `default`
+or "" is the params file itself), the first the reference of the speed-ups; with no SPEC, the
+old default (`OLD_DEFAULT`) against the params file. `--profile N` runs `torch.profiler` over N
+batches of the loop and prints where the time goes by kind of op, and the time of one
+validation.
+
 `--predict` measures the predict command's latency instead: milliseconds per photo for a 640 x 480
 JPEG with one face (scikit-image's astronaut portrait, resized), model already loaded: decoding,
 face detection, and cropping + classifying, each and in all; and milliseconds per face when
@@ -28,6 +39,7 @@ onnxruntime); `--compare-onnx` exports the checkpoint to ONNX and measures both.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -45,11 +57,18 @@ from torchvision.transforms.v2 import functional as TF
 
 from ferpipe.augment import normalize
 from ferpipe.data import CLASS_NAMES, RAW_ARCHIVE, load_split, pixel_stats, read_json
-from ferpipe.device import StepContext, precision_name, resolve_amp, resolve_device
+from ferpipe.device import (
+    StepContext,
+    precision_name,
+    resolve_amp,
+    resolve_compile,
+    resolve_device,
+    synchronize,
+)
 from ferpipe.distributed import wrap_model
 from ferpipe.errors import ParamsError, run_main
 from ferpipe.model import build_model
-from ferpipe.params import AMP_MODES, STEMS, TTA_MODES, Params, load_params
+from ferpipe.params import AMP_MODES, STEMS, TTA_MODES, Params, load_params, validate_params
 from ferpipe.predict import DEFAULT_TTA, HelpFormatter
 from ferpipe.training import make_recipe, train_one_epoch, train_step
 
@@ -59,10 +78,153 @@ ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 2  # batches run before each timed part (allocator, autotuning, worker start-up)
 
 
-def sync(device: torch.device) -> None:
-    """Wait for queued GPU work, so wall-clock timings are real."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+sync = synchronize  # wait for queued device work, so wall-clock timings are real
+
+#: The train stage's defaults before the speed work, as `--compare` overrides: per-tensor
+#: optimizer ops, no compiling (the crop folded into the augmentation's sampling grid gives the
+#: same images and is not switchable).
+OLD_DEFAULT = "train.fused=false,train.compile=false"
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype | None = torch.bfloat16,
+                  n: int = 4096, repeats: int = 3) -> float:
+    """TFLOP/s of an n x n x n matrix product in `dtype` (bf16; None: fp32) on `device`, the
+    best of `repeats` after one warm-up: the ceiling a train step's TFLOP/s is compared with."""
+    a = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+    b = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e12
+
+
+def step_flops(s: Setup, x: torch.Tensor, y: torch.Tensor) -> float:
+    """FLOPs per image of one train step (forward, loss, backward; matrix products and
+    convolutions, as `torch.utils.flop_counter` counts them) of `s`'s bare model on the uint8
+    batch x (B, 48, 48), y int64 (B,). The step changes the weights like any other."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    xb = s.ctx.prepare(TF.center_crop(normalize(x.to(s.device), s.ctx.mean, s.ctx.std),
+                                      [s.input_size, s.input_size]))
+    with FlopCounterMode(display=False) as counter:
+        train_step(s.model, xb, y.to(s.device), s.optimizer, s.loss_fn, s.ctx, s.grad_clip)
+    return counter.get_total_flops() / len(y)
+
+
+#: Profile categories by aten op name (self time; the first matching entry wins).
+PROFILE_CATEGORIES = (
+    ("convolution backward", ("convolution_backward",)),
+    ("convolution forward", ("convolution", "conv2d")),
+    ("batch norm", ("batch_norm",)),
+    ("ReLU", ("threshold_backward", "relu", "clamp_min")),
+    ("max-pool", ("max_pool",)),
+    ("optimizer", ("_fused_adamw", "_fused_sgd", "_foreach_", "lerp", "addcdiv", "addcmul",
+                   "sqrt", "Optimizer.")),
+    ("gradient clipping", ("linalg_vector_norm", "norm")),
+    ("loss and linear head", ("cross_entropy", "log_softmax", "nll_loss", "addmm", "mm")),
+    ("augmentation", ("grid_sampler", "affine_grid", "uniform", "rand", "index", "bernoulli",
+                      "clamp", "where", "stack")),
+    ("copies and casts (autocast, memory format)", ("copy_", "_to_copy", "clone",
+                                                     "contiguous")),
+    ("adds, fills, other elementwise", ("add", "fill_", "zero_", "mul", "div", "sub")),
+)
+
+
+#: Validation batch sizes `profile_loop` times.
+VAL_BATCHES = (256, 512, 1024)
+
+
+def profile_loop(s: Setup, images: torch.Tensor, labels: torch.Tensor, val: dict,
+                 batches: int, gen: torch.Generator) -> dict[str, Any]:
+    """Where the time of the project's loop goes: `torch.profiler` over `batches` batches of
+    `train_one_epoch` (after a warm-up), self CPU time summed by `PROFILE_CATEGORIES`, plus the
+    seconds of one validation of the val split (`val`: `images` uint8 (N, 48, 48), `labels`)
+    at each batch size of `VAL_BATCHES` (the train stage's is 512), against the seconds of a
+    whole epoch at the profiled speed.
+
+    Returns:
+        {"batches", "ms_per_batch" (profiled, so a little slower than unprofiled),
+         "categories": {name: share of the self time}, "top_ops": the 12 costliest ops
+         with their ms per batch, "validation_seconds", "epoch_train_seconds_estimate"}
+    """
+    from dataclasses import replace
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from ferpipe.training import validate
+
+    order = torch.randperm(len(labels), generator=gen, device=s.device)
+    need = (WARMUP + batches) * s.batch
+    train_one_epoch(s.net, images, labels, order[:WARMUP * s.batch], s.optimizer, s.scheduler,
+                    s.loss_fn, s.ctx, s.aug, s.batch, gen, s.grad_clip, desc="warm-up")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        train_one_epoch(s.net, images, labels, order[WARMUP * s.batch:need], s.optimizer,
+                        s.scheduler, s.loss_fn, s.ctx, s.aug, s.batch, gen, s.grad_clip,
+                        desc="profile")
+        seconds = time.perf_counter() - start
+    totals: dict[str, float] = {name: 0.0 for name, _ in PROFILE_CATEGORIES}
+    totals["other"] = 0.0
+    ops = []
+    for event in prof.key_averages():
+        us = event.self_cpu_time_total
+        if us <= 0:
+            continue
+        ops.append((event.key, us))
+        name = event.key.removeprefix("aten::")
+        category = next((c for c, keys in PROFILE_CATEGORIES
+                         if any(k in name for k in keys)), "other")
+        totals[category] += us
+    whole = sum(totals.values()) or 1.0
+    ms_batch = seconds * 1000 / batches
+    eval_ctx = replace(s.ctx, input_size=s.input_size if s.input_size < images.shape[-1]
+                       else None)
+    vx = torch.from_numpy(val["images"]).to(s.device)
+    vy = torch.from_numpy(val["labels"]).to(s.device)
+    validate(s.model, vx, vy, eval_ctx)  # warm-up
+    by_batch = {}
+    for size in VAL_BATCHES:  # the train stage validates at the default, 512
+        sync(s.device)
+        start = time.perf_counter()
+        validate(s.model, vx, vy, eval_ctx, batch_size=size)
+        sync(s.device)
+        by_batch[size] = time.perf_counter() - start
+    val_s = by_batch[512]
+    ops.sort(key=lambda op: -op[1])
+    return {"batches": batches, "ms_per_batch": ms_batch,
+            "categories": {k: v / whole for k, v in sorted(totals.items(), key=lambda kv: -kv[1])
+                           if v},
+            "top_ops": {k: us / 1000 / batches for k, us in ops[:12]},
+            "validation_seconds": val_s, "val_images": len(vy),
+            "validation_seconds_by_batch": by_batch,
+            "epoch_train_seconds_estimate": len(labels) // s.batch * ms_batch / 1000}
+
+
+def with_overrides(params: Params, spec: str, source: str = "--compare") -> Params:
+    """`params` with the comma-separated `section.key=value` overrides of `spec` (values read
+    as YAML, as `dvc exp run -S` does; "" or "default": none), validated like a params file.
+
+    Raises:
+        ParamsError: a malformed override, an unknown key or a bad value (one line each).
+    """
+    import yaml
+
+    raw = params.model_dump(mode="json")
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        if item == "default":
+            continue
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or section not in raw:
+            raise ParamsError(f"{source}: '{item}': expected section.key=value with a section "
+                              f"of params.yaml ({', '.join(raw)})")
+        raw[section][name] = yaml.safe_load(value)
+    return validate_params(raw, source)
 
 
 class Setup:
@@ -82,7 +244,10 @@ class Setup:
         if self.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.net = wrap_model(model, self.device, compile=self.train.compile)
+        self.compile = resolve_compile(self.train.compile, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # as the train stage (`training.fit`)
+        self.net = wrap_model(model, self.device, compile=self.compile)
         self.ctx = StepContext(self.device, mean, std, self.amp, self.train.channels_last)
         recipe = make_recipe(model, self.train, labels, self.ctx, 10 ** 6)
         self.optimizer, self.loss_fn = recipe.optimizer, recipe.loss_fn
@@ -200,13 +365,131 @@ def augment_only(s: Setup, ctx: StepContext, images: torch.Tensor, batches: int,
     return batches * s.batch / (time.perf_counter() - start)
 
 
-def data_stages(params_path: Path, archive: Path) -> dict[str, float]:
-    """Wall seconds of `python stages/{download,prepare,stats}.py` in a fresh temp folder, with
-    the local archive as the source (each stage a new process, as DVC runs it)."""
-    params = load_params(params_path).model_dump()
+def compare(params: Params, specs: list[str], train: dict[str, np.ndarray], stats: dict,
+            batches: int, rounds: int, ceiling: bool = True, deadline: float | None = None
+            ) -> dict[str, Any]:
+    """Train-step speed of several settings side by side, measured in turns.
+
+    Each spec is a set of overrides of `params` (`with_overrides`; the first is the reference
+    the speed-ups are relative to). Every round measures, for each setting in turn, `bare` and
+    `pipeline` images/s (as the plain benchmark), and the bf16 matrix-product ceiling
+    (`matmul_tflops`) once, so drifting machine speed hits all alike.
+
+    Args:
+        train: the prepared training split (`images` uint8 (N, 48, 48), `labels` int64 (N,)).
+        stats: `{"mean", "std"}` of the training pixels, [0, 1] units.
+        deadline: a `time.monotonic()` after which nothing more is measured; settings not yet
+            measured then get `"skipped": "time budget"` (compiling counts: the first round
+            compiles).
+
+    Returns:
+        {"ceiling_bf16_tflops": median over rounds (absent with ceiling False), "rounds",
+         "batches", "variants": [{"spec", "batch_size", "lr", "compile", "fused", "precision",
+         "stem", "crop", "gflop_per_image", "bare_images_per_s", "pipeline_images_per_s"
+         (medians over rounds), "step_tflops" (pipeline images/s x FLOPs per image),
+         "share_of_ceiling", "speedup" (pipeline images/s over the first spec's)}]}
+
+    Raises:
+        ParamsError: a bad override (see `with_overrides`), or a batch size whose `batches`
+            batches need more images than the training split has.
+    """
+    setups = []
+    for spec in specs:
+        variant = with_overrides(params, spec)
+        if variant.train.batch_size * (batches + WARMUP) > len(train["labels"]):
+            raise ParamsError(f"--compare '{spec}': train.batch_size {variant.train.batch_size} x "
+                              f"{batches + WARMUP} batches is more than the "
+                              f"{len(train['labels'])} training images; use fewer --batches")
+        setups.append((spec, Setup(variant, train["labels"], stats["mean"], stats["std"])))
+    device = setups[0][1].device
+    images = torch.from_numpy(train["images"]).to(device)
+    labels = torch.from_numpy(train["labels"]).to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    pick = torch.Generator().manual_seed(1)
+    flops = []
+    for _, setup in setups:
+        fixed = torch.randperm(len(labels), generator=pick)[:setup.batch]
+        flops.append(step_flops(setup, images[fixed], labels[fixed]))
+    figures: dict[str, list[float]] = {"ceiling": []}
+    for i in range(len(setups)):
+        figures[f"bare{i}"], figures[f"pipeline{i}"] = [], []
+    late = False
+    for r in range(rounds):
+        if ceiling:
+            figures["ceiling"].append(matmul_tflops(device))
+        for i, (_, setup) in enumerate(setups):
+            late = deadline is not None and time.monotonic() > deadline
+            if late:
+                break
+            fixed = torch.randperm(len(labels), generator=pick)[:setup.batch]
+            figures[f"bare{i}"].append(bare(setup, setup.ctx, images[fixed], labels[fixed],
+                                            batches))
+            figures[f"pipeline{i}"].append(pipeline(setup, setup.ctx, images, labels, batches,
+                                                    gen))
+        print(f"round {r + 1}: " + " | ".join(
+            f"[{spec or 'params file'}] bare {figures[f'bare{i}'][-1]:.1f}, pipeline "
+            f"{figures[f'pipeline{i}'][-1]:.1f}" for i, (spec, _) in enumerate(setups)
+            if figures[f"pipeline{i}"])
+            + (f" images/s | bf16 matmul {figures['ceiling'][-1]:.3f} TFLOP/s" if ceiling
+               else ""), flush=True)
+        if late:
+            break
+    result: dict[str, Any] = {"rounds": rounds, "batches": batches, "device": str(device),
+                              "threads": torch.get_num_threads()}
+    top = float(np.median(figures["ceiling"])) if ceiling else None
+    if ceiling:
+        result["ceiling_bf16_tflops"] = top
+    rows = []
+    for i, (spec, setup) in enumerate(setups):
+        if not figures[f"pipeline{i}"]:
+            rows.append({"spec": spec, "skipped": "time budget"})
+            continue
+        pipe = float(np.median(figures[f"pipeline{i}"]))
+        row = {"spec": spec, "batch_size": setup.batch, "lr": setup.train.lr,
+               "compile": setup.compile, "fused": setup.train.fused,
+               "precision": setup.precision, "stem": setup.stem, "crop": setup.input_size,
+               "gflop_per_image": flops[i] / 1e9,
+               "bare_images_per_s": float(np.median(figures[f"bare{i}"])),
+               "pipeline_images_per_s": pipe, "step_tflops": pipe * flops[i] / 1e12}
+        if top:
+            row["share_of_ceiling"] = row["step_tflops"] / top
+        row["speedup"] = pipe / rows[0]["pipeline_images_per_s"] if i else 1.0
+        rows.append(row)
+    result["variants"] = rows
+    print(f"{'settings':<44} {'bare':>7} {'pipeline':>8} {'GFLOP':>6} {'TFLOP/s':>7} "
+          f"{'of peak':>7} {'speed-up':>8}")
+    for row in rows:
+        if "skipped" in row:
+            print(f"{(row['spec'] or 'params file')[:44]:<44} skipped: {row['skipped']}")
+            continue
+        share = f"{row['share_of_ceiling']:.2f}" if "share_of_ceiling" in row else "-"
+        print(f"{(row['spec'] or 'params file')[:44]:<44} {row['bare_images_per_s']:7.1f} "
+              f"{row['pipeline_images_per_s']:8.1f} {row['gflop_per_image']:6.2f} "
+              f"{row['step_tflops']:7.3f} {share:>7} {row['speedup']:7.2f}x")
+    if top:
+        print(f"ceiling: bf16 {4096}^3 matrix product {top:.3f} TFLOP/s on {device}")
+    return result
+
+
+def data_stages(params_path: Path | Params, archive: Path, workdir: Path | None = None
+                ) -> dict[str, float]:
+    """Wall seconds of `python stages/{download,prepare,stats}.py` in a fresh temp folder (or in
+    `workdir`, which keeps what they write: data/prepared/*.npz, data/stats.json), with the local
+    archive as the source (each stage a new process, as DVC runs it).
+
+    Args:
+        params_path: the params file, or params already read.
+
+    Raises:
+        subprocess.CalledProcessError: a stage failed (its error line is on stderr).
+    """
+    params = (params_path if isinstance(params_path, Params) else load_params(params_path)
+              ).model_dump(mode="json")
     params["download"]["local_archive"] = str(archive.resolve())
     seconds = {}
-    with tempfile.TemporaryDirectory(prefix="ferpipe-bench-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = workdir or Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="ferpipe-bench-")))
         (Path(tmp) / "params.yaml").write_text(json.dumps(params))  # JSON is valid YAML
         for stage in ("download", "prepare", "stats"):
             start = time.perf_counter()
@@ -316,6 +599,19 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                    help="also time a no-op `dvc repro` (only if `dvc status` is clean)")
     p.add_argument("--json", type=Path,
                    help="also write the figures to this JSON file (default %(default)s: none)")
+    p.add_argument("--compare", nargs="*", metavar="SPEC",
+                   help="measure settings side by side instead: each SPEC is comma-separated "
+                        "section.key=value overrides of the params file (\"\" or default: "
+                        "none), the first the reference; with no SPEC, the old default ("
+                        f"{OLD_DEFAULT}) against the params file")
+    p.add_argument("--profile", type=int, metavar="BATCHES",
+                   help="profile the loop over this many batches instead (torch.profiler: "
+                        "self time by kind of op, and one validation)")
+    p.add_argument("--set", default="", metavar="SPEC",
+                   help="overrides of the params file for the plain benchmark and --profile, "
+                        "as a --compare SPEC (e.g. train.fused=false)")
+    p.add_argument("--no-ceiling", action="store_true",
+                   help="skip the bf16 matrix-product ceiling (seconds per round)")
     p.add_argument("--predict", action="store_true",
                    help="measure the predict command's latency per photo instead")
     p.add_argument("--model", type=Path, default=Path("models/model.pt"),
@@ -343,7 +639,38 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
         return result
 
-    params = load_params(args.params)
+    params = with_overrides(load_params(args.params), args.set, "--set")
+    if args.compare is not None:
+        train = load_split(Path(params.train.data) / "train.npz")
+        stats_path = Path(params.train.stats)
+        stats = read_json(stats_path) if stats_path.is_file() else pixel_stats(train["images"])
+        specs = args.compare or [OLD_DEFAULT, "default"]
+        result = compare(params, specs, train, stats, args.batches, args.rounds,
+                         ceiling=not args.no_ceiling)
+        print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return result
+    if args.profile:
+        train = load_split(Path(params.train.data) / "train.npz")
+        val = load_split(Path(params.train.data) / "val.npz")
+        stats_path = Path(params.train.stats)
+        stats = read_json(stats_path) if stats_path.is_file() else pixel_stats(train["images"])
+        s = Setup(params, train["labels"], stats["mean"], stats["std"])
+        result = profile_loop(s, torch.from_numpy(train["images"]).to(s.device),
+                              torch.from_numpy(train["labels"]).to(s.device), val, args.profile,
+                              torch.Generator(device=s.device).manual_seed(0))
+        print(f"{result['ms_per_batch']:.0f} ms per batch of {s.batch} (profiled); self time:")
+        for name, share in result["categories"].items():
+            print(f"  {share:6.1%}  {name}")
+        print(f"validation of {result['val_images']} images: {result['validation_seconds']:.1f} s"
+              f" against ~{result['epoch_train_seconds_estimate']:.0f} s of training per epoch; "
+              + ", ".join(f"{v:.2f} s at batch {k}"
+                          for k, v in result["validation_seconds_by_batch"].items()))
+        print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return result
     train_update = {key: value for key, value in (
         ("amp", args.amp),
         ("channels_last", None if args.channels_last is None else args.channels_last == "true"))
@@ -365,7 +692,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     gen = torch.Generator(device=s.device).manual_seed(0)
     fixed = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))[:s.batch]
     print(f"device {s.device}, precision {s.precision}, stem {s.stem}, batch {s.batch}, "
-          f"channels_last {s.train.channels_last}, compile {s.train.compile}, "
+          f"channels_last {s.train.channels_last}, compile {s.compile}, "
           f"threads {torch.get_num_threads()}, {args.batches} batches x {args.rounds} rounds",
           flush=True)
 
@@ -394,7 +721,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = {
             "device": str(s.device), "precision": s.precision, "stem": s.stem,
             "batch_size": s.batch, "channels_last": s.train.channels_last,
-            "compile": s.train.compile, "threads": torch.get_num_threads(),
+            "compile": s.compile, "threads": torch.get_num_threads(),
             "batches": args.batches, "rounds": args.rounds}
         for key, values in figures.items():
             if values:
@@ -405,6 +732,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                                                 / result["baseline_images_per_s"])
             result["baseline_loader_only_images_per_s"] = loader_only(loader_iter, args.batches)
         result["augment_only_images_per_s"] = augment_only(s, ctx, images, args.batches, gen)
+        flops = step_flops(s, images[fixed], labels[fixed])
+        result["gflop_per_image"] = flops / 1e9
+        result["step_tflops"] = result["pipeline_images_per_s"] * flops / 1e12
+        if not args.no_ceiling:
+            result["ceiling_bf16_tflops"] = matmul_tflops(s.device)
+            result["share_of_ceiling"] = result["step_tflops"] / result["ceiling_bf16_tflops"]
         result["train_loop_peak_rss_mb"] = round(rss_mb, 1)
     finally:
         if loader_iter is not None:

@@ -52,12 +52,30 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cuda_supports_bf16(device: torch.device) -> bool:
+    """Whether the CUDA `device` (not the current one) has native bf16, without counting
+    emulation: `torch.cuda.is_bf16_supported()` alone answers True on a V100 or T4, which run
+    bf16 emulated, much slower than fp16."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device` (CUDA, MPS), so that a clock read next measures
+    the device's time, not the time to queue it; nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `train.amp` (one of `params.AMP_MODES`) on `device`, or None for
     full fp32.
 
-    `auto`: bf16 on CUDA devices that support it (else fp16) and on CPUs with native bf16; fp32
-    elsewhere.
+    `auto`: bf16 on CUDA devices with native bf16 (compute capability 8.0 and up: A100, RTX 30xx
+    and later), fp16 on older ones (V100, T4: they emulate bf16, far slower), bf16 on CPUs with
+    native bf16; fp32 elsewhere.
 
     Raises:
         ParamsError: fp16 requested off CUDA.
@@ -71,10 +89,26 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
             raise ParamsError("train.amp: fp16 needs a CUDA device; use bf16 or none")
         return torch.float16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_supports_bf16(device) else torch.float16
     if device.type == "cpu" and cpu_supports_bf16():
         return torch.bfloat16
     return None
+
+
+def resolve_compile(value: bool | str, device: torch.device) -> str | None:
+    """The torch.compile mode for `train.compile`, or None for eager: false -> None, true ->
+    "default", a mode name (`params.COMPILE_MODES`, e.g. "reduce-overhead": CUDA graphs) -> that
+    mode, `auto` -> "default" on CUDA and None elsewhere.
+
+    On a 2-core AVX512-BF16 CPU, torch.compile (inductor) made the default train step slower
+    (about 220 against 240 images/s, side by side) after a minute of compiling, so `auto` leaves
+    the CPU in eager mode; on a GPU it fuses the many small kernels of a 40-pixel step
+    (docs/speed.md, docs/gpu.md)."""
+    if value == "auto":
+        return "default" if device.type == "cuda" else None
+    if value is True:
+        return "default"
+    return value or None
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

@@ -115,15 +115,16 @@ def gather_states(state: torch.Tensor, dist: Dist) -> list[torch.Tensor]:
 
 
 def wrap_model(model: nn.Module, device: torch.device, dist: Dist = Dist(),
-               compile: bool = False) -> nn.Module:
+               compile: str | None = None) -> nn.Module:
     """The module the loop calls: `model` wrapped in DistributedDataParallel under torchrun, then
-    compiled with `torch.compile` when asked. Both share `model`'s parameters, so saving
-    `model.state_dict()` saves the trained weights."""
+    compiled with `torch.compile` in the mode `compile` names (None: eager; see
+    `device.resolve_compile`). Both share `model`'s parameters, so saving `model.state_dict()`
+    saves the trained weights."""
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(model, device_ids=[device.index]
                                         if device.type == "cuda" else None)
     if compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=compile)
     return model

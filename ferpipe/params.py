@@ -74,6 +74,10 @@ Seed = Annotated[Int, Field(ge=0, le=MAX_SEED)]
 Path_ = Annotated[str, Field(min_length=1)]
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
 Bool = Annotated[bool, Strict()]
+#: `train.compile`: on/off, `auto`, or a torch.compile mode (which turns it on).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CompileSetting = Bool | Literal["auto", "default", "reduce-overhead", "max-autotune",
+                                "max-autotune-no-cudagraphs"]
 
 
 class _Section(BaseModel):
@@ -167,7 +171,8 @@ class Train(_Section):
     device: Device
     amp: AmpMode
     channels_last: Bool
-    compile: Bool
+    fused: Bool = True
+    compile: CompileSetting
     launcher: Annotated[str, Field(min_length=1)]
     resume: Bool
 

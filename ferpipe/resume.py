@@ -15,14 +15,19 @@ import torch
 from ferpipe.errors import CheckpointError
 
 
-def fingerprint(params: dict[str, Any], files: list[str | Path], world_size: int = 1) -> str:
-    """sha256 over the params used, the bytes of `files` and the number of processes.
+def fingerprint(params: dict[str, Any], files: list[str | Path], world_size: int = 1,
+                device: str = "", precision: str = "") -> str:
+    """sha256 over the params used, the bytes of `files`, the number of processes, and the
+    device type and precision actually used.
 
     A resume checkpoint is used only when its fingerprint equals the new run's, so a change of
-    any param, of the training data, of the code or of the process count starts over.
+    any param, of the training data, of the code, of the process count or of the device starts
+    over. The device and precision are the resolved ones (`cuda`, `bfloat16`), not the params'
+    (`train.device: auto` is another device on a GPU machine, where a CPU run's generator states
+    would not even load).
     """
     digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
-    digest.update(f"world_size={world_size}".encode())
+    digest.update(f"world_size={world_size};device={device};precision={precision}".encode())
     for path in files:
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):

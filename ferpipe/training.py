@@ -10,6 +10,7 @@ both the train stage and the benchmark.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from ferpipe.augment import augment_batch, mix_batch
 from ferpipe.data import CLASS_NAMES
-from ferpipe.device import StepContext, autocast
+from ferpipe.device import StepContext, autocast, resolve_compile, synchronize
 from ferpipe.distributed import Dist, all_reduce, gather_states, shard_indices, wrap_model
 from ferpipe.errors import FerpipeError, ParamsError
 from ferpipe.inference import predict_log_proba
@@ -39,15 +40,26 @@ class TrainingError(FerpipeError):
 # --------------------------------------------------------------------------- recipe pieces
 
 
+#: Devices whose optimizers get torch's fused kernels (one kernel over all parameters instead of
+#: a handful of ops per parameter tensor): the same AdamW/SGD update, up to float rounding.
+FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")
+
+
 def make_optimizer(model: nn.Module, cfg: Train) -> torch.optim.Optimizer:
     """`train.optimizer`: AdamW, or SGD with Nesterov momentum (`train.momentum`), with
     `train.weight_decay`, over the parameter groups of `param_groups` (frozen parameters left
     out; the backbone at `train.backbone_lr_scale` x the head's LR). The LR is then driven by
-    `train.scheduler`."""
+    `train.scheduler`. With `train.fused` on, and the parameters on the CPU or CUDA, torch's
+    fused implementation is used (`fused=True`: on a 2-core CPU the AdamW step took 8 ms per
+    batch instead of about 20 with the per-tensor ops; docs/speed.md)."""
+    groups = param_groups(model, cfg)
+    devices = {p.device.type for group in groups for p in group["params"]}
+    fused = cfg.fused and bool(devices) and devices <= set(FUSED_OPTIMIZER_DEVICES)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
-                               nesterov=True, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                               weight_decay=cfg.weight_decay, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             fused=fused or None)
 
 
 def param_groups(model: nn.Module, cfg: Train) -> list[dict[str, Any]]:
@@ -147,10 +159,42 @@ def make_recipe(model: nn.Module, cfg: Train, labels: np.ndarray, ctx: StepConte
 def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
     """An exponential moving average of `model`'s weights and buffers, with torch's
     `AveragedModel` and `get_ema_multi_avg_fn(decay)` (ema = decay * ema + (1 - decay) * w after
-    every optimizer step); None when `decay` is 0."""
+    every optimizer step; update it with `update_ema`); None when `decay` is 0. Its
+    `n_averaged` counter stays on the CPU."""
     if not decay:
         return None
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+@torch.no_grad()
+def update_ema(ema: AveragedModel, model: nn.Module) -> None:
+    """`ema.update_parameters(model)` without waiting for the device.
+
+    The same update as torch's (the first copies the weights and buffers; later ones apply
+    `ema.multi_avg_fn`, i.e. `torch._foreach_lerp_` by 1 - decay for floating-point tensors),
+    but the copy-or-average decision reads `ema.n_averaged` where it lives, on the CPU, and the
+    counter is never copied to the device: `AveragedModel.update_parameters` copies it to the
+    GPU once per dtype group every step, a host sync each time.
+
+    Raises:
+        ValueError: `model` has other parameters or buffers than the averaged copy.
+    """
+    averaged = list(itertools.chain(ema.module.parameters(), ema.module.buffers()))
+    current = [t.detach() for t in itertools.chain(model.parameters(), model.buffers())]
+    if len(averaged) != len(current):
+        raise ValueError(f"update_ema: the model has {len(current)} parameters and buffers, "
+                         f"its average {len(averaged)}")
+    if int(ema.n_averaged) == 0:  # n_averaged is a CPU tensor: no device sync
+        torch._foreach_copy_(averaged, current)
+    else:
+        groups: dict[tuple[torch.device, torch.dtype], tuple[list, list]] = {}
+        for a, c in zip(averaged, current):
+            pair = groups.setdefault((a.device, a.dtype), ([], []))
+            pair[0].append(a)
+            pair[1].append(c)
+        for tensors, sources in groups.values():
+            ema.multi_avg_fn(tensors, sources, None)
+    ema.n_averaged += 1
 
 
 # --------------------------------------------------------------------------- loop
@@ -220,6 +264,7 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     total_loss = torch.zeros((), device=ctx.device)
     correct = torch.zeros((), device=ctx.device, dtype=torch.long)
     lrs: list[float] = []
+    synchronize(ctx.device)
     start = time.perf_counter()
     for step in tqdm(range(steps), desc=desc, leave=False, mininterval=1.0,
                      disable=not dist.is_main):
@@ -235,16 +280,17 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         if scheduler is not None:
             scheduler.step()
         if ema is not None:
-            ema.update_parameters(_bare(model))
+            update_ema(ema, _bare(model))
         total_loss += loss * len(y)
         correct += (logits.argmax(1) == y).sum()
+    synchronize(ctx.device)  # the clock then reads the device's time, not the time to queue
     seconds = time.perf_counter() - start
-    sums = all_reduce(torch.tensor([total_loss.item(), correct.item(), steps * batch_size],
-                                       dtype=torch.float64, device=ctx.device), dist).tolist()
+    # The epoch's one read of device values; every rank has `steps` batches of `batch_size`.
+    sums = all_reduce(torch.stack([total_loss.double(), correct.double()]), dist).tolist()
     if not np.isfinite(sums[0]):  # after the reduction: every rank stops, none waits
         raise TrainingError(f"{desc}: the training loss became {sums[0]}; nothing of this "
                             f"epoch is saved (lower train.lr, or set train.grad_clip)")
-    seen = int(sums[2])
+    seen = steps * batch_size * dist.world_size
     return {"loss": sums[0] / max(seen, 1), "accuracy": sums[1] / max(seen, 1),
             "images": seen, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9),
             "lrs": lrs}
@@ -323,7 +369,7 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
             copied to `ctx.device` once and stay there.
         cfg: the `train` params (lr, epochs, batch_size, optimizer, weight_decay, momentum,
             pct_start, grad_clip, label_smoothing, ema_decay, scheduler, plateau_*,
-            class_weights, seed, compile).
+            class_weights, seed, compile (`auto` or a mode: see `device.resolve_compile`)).
         aug: the `augment` params; with `aug.crop` smaller than the images, validation scores
             the centre crop.
         on_best: called as on_best(epoch, val_accuracy, state_dict) when validation accuracy
@@ -362,7 +408,10 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
     order_gen.manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device)
     aug_gen.manual_seed(cfg.seed + 1 + dist.rank)
-    net = wrap_model(model, device, dist, cfg.compile)
+    if device.type == "cuda":
+        # cuDNN picks the fastest kernel per layer shape once; the shapes never change here.
+        torch.backends.cudnn.benchmark = True
+    net = wrap_model(model, device, dist, resolve_compile(cfg.compile, device))
     recipe = make_recipe(model, cfg, train["labels"], ctx, cfg.epochs * steps)
     optimizer, scheduler, scaler = recipe.optimizer, recipe.scheduler, recipe.scaler
     ema = make_ema(model, cfg.ema_decay)

@@ -81,7 +81,7 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
     if cfg.resume:
         resume = Resume(out / "resume.pt", fingerprint(
             used, [data_dir / "train.npz", data_dir / "val.npz", cfg.stats, *CODE],
-            dist.world_size))
+            dist.world_size, device=device.type, precision=precision))
         resume.load()
     run_id = resume.state["extra"].get("run_id") if resume and resume.state else None
     run_context = tracking.start_run(cfg.experiment, used, {

@@ -150,3 +150,36 @@ def test_autoaugment_off_is_not_run(monkeypatch):
                                normalize(x, 0.5, 0.25))
     with pytest.raises(AssertionError, match="ran with"):
         augment_batch(x, augment(autoaugment=True), 0.5, 0.25, torch.Generator().manual_seed(0))
+
+
+def test_affine_crop_equals_sampling_the_whole_image_then_cropping():
+    """The crop folded into the sampling grid gives the images of the old two-step path (the
+    whole transformed image, then `random_crop` with the same offsets), at 40x40 of the work."""
+    import torch.nn.functional as F
+
+    from ferpipe.augment import affine_crop, random_crop
+
+    x = batch(32).unsqueeze(1).float() / 255
+    angle = torch.linspace(-0.3, 0.3, 32)
+    zoom = torch.linspace(0.9, 1.1, 32)
+    flip = torch.where(torch.arange(32) % 2 == 0, -1.0, 1.0)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    shift = torch.linspace(-0.2, 0.2, 64).view(32, 2)
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
+                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    new = affine_crop(x, theta, 40, torch.Generator().manual_seed(5))
+    whole = F.grid_sample(x, F.affine_grid(theta, [32, 1, 48, 48], align_corners=False),
+                          mode="bilinear", padding_mode="border", align_corners=False)
+    old = random_crop(whole, 40, torch.Generator().manual_seed(5))
+    assert new.shape == (32, 1, 40, 40)
+    torch.testing.assert_close(new, old, atol=1e-5, rtol=0)
+    assert affine_crop(x, theta, 48, torch.Generator()).shape == (32, 1, 48, 48)
+
+
+def test_host_choices_on_the_cpu_come_from_the_generator_itself():
+    """On the CPU the host-side draws (mixing coin flips, AutoAugment's seed) use `gen` as
+    before; a device generator would be hashed instead of read (no host sync)."""
+    from ferpipe.augment import host_generator
+
+    gen = torch.Generator().manual_seed(3)
+    assert host_generator(gen) is gen

@@ -71,6 +71,78 @@ def test_bench_overrides_precision_and_stem(project):
     assert "baseline_images_per_s" not in result and "data_stage_seconds" not in result
 
 
+def test_bench_compare_measures_settings_side_by_side(project):
+    tmp, env = project
+    proc = subprocess.run([sys.executable, "-m", "ferpipe.bench", "--compare",
+                           "train.fused=false,train.compile=false", "default",
+                           "train.batch_size=12,train.lr=0.006", "--batches", "2", "--rounds",
+                           "2", "--json", "c.json"], cwd=tmp, env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp / "c.json").read_text())
+    old, new, big = result["variants"]
+    assert (old["fused"], new["fused"]) == (False, True)
+    assert old["compile"] is None and new["compile"] is None  # auto: eager on a CPU
+    assert (big["batch_size"], big["lr"]) == (12, 0.006) and new["batch_size"] == 8
+    assert result["ceiling_bf16_tflops"] > 0.001 and result["rounds"] == 2
+    for row in result["variants"]:
+        assert row["pipeline_images_per_s"] > 0 and row["bare_images_per_s"] > 0
+        # ResNet18 with the standard stem on 40-pixel crops: ~0.3 GFLOP a train step per image
+        assert 0.1 < row["gflop_per_image"] < 1.0
+        assert row["step_tflops"] == pytest.approx(row["pipeline_images_per_s"]
+                                                   * row["gflop_per_image"] / 1000)
+        assert row["share_of_ceiling"] == pytest.approx(row["step_tflops"]
+                                                        / result["ceiling_bf16_tflops"])
+    assert old["speedup"] == 1.0
+    assert new["speedup"] == pytest.approx(new["pipeline_images_per_s"]
+                                           / old["pipeline_images_per_s"])
+    assert "round 2" in proc.stdout and "speed-up" in proc.stdout
+
+
+def test_bench_compare_refuses_a_bad_override_in_one_line(project):
+    tmp, env = project
+    for spec, expected in (("train.lrr=1", "train.lrr: unknown key"),
+                           ("lr=1", "expected section.key=value"),
+                           ("train.batch_size=5000", "is more than the")):
+        proc = subprocess.run([sys.executable, "-m", "ferpipe.bench", "--compare", spec,
+                               "--batches", "1", "--rounds", "1"], cwd=tmp, env=env,
+                              capture_output=True, text=True)
+        assert proc.returncode != 0 and expected in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_bench_profile_splits_the_step_time_by_kind_of_op(project):
+    tmp, env = project
+    proc = subprocess.run([sys.executable, "-m", "ferpipe.bench", "--profile", "2", "--json",
+                           "p.json"], cwd=tmp, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp / "p.json").read_text())
+    shares = result["categories"]
+    assert sum(shares.values()) == pytest.approx(1.0)
+    # A ResNet18 step: convolutions, batch norm and the optimizer all show up.
+    for kind in ("convolution backward", "convolution forward", "batch norm", "optimizer"):
+        assert shares[kind] > 0, kind
+    assert result["ms_per_batch"] > 0 and len(result["top_ops"]) >= 5
+    assert set(result["validation_seconds_by_batch"]) == {"256", "512", "1024"}
+    assert result["validation_seconds"] == result["validation_seconds_by_batch"]["512"]
+    assert "convolution backward" in proc.stdout and "validation of" in proc.stdout
+
+
+def test_step_flops_counts_the_model_and_the_ceiling_is_a_rate():
+    import numpy as np
+    import torch
+
+    from ferpipe.bench import Setup, matmul_tflops, step_flops
+    from tests.fakedata import default_params
+
+    labels = np.arange(16, dtype=np.int64) % 7
+    s = Setup(default_params(train={"device": "cpu", "batch_size": 4}), labels, 0.5, 0.25)
+    x = torch.randint(0, 256, (4, 48, 48), dtype=torch.uint8)
+    # The default: 3x3 stem, 40-pixel crops; forward ~0.48 GFLOP, backward twice that.
+    assert step_flops(s, x, torch.from_numpy(labels[:4])) == pytest.approx(1.44e9, rel=0.02)
+    assert 0.001 < matmul_tflops(torch.device("cpu"), n=256, repeats=1) < 1000
+
+
 def test_predict_latency_figures(tmp_path):
     from ferpipe.bench import run
     from ferpipe.data import CLASS_NAMES

@@ -133,7 +133,12 @@ def test_two_queued_experiments_run_at_once_and_both_reach_mlflow(repo):
     _, before = store_runs(r)
     for lr in ("0.001", "0.002"):
         sh(["dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}", "-S", "train.epochs=2"], r, env)
-    sh(["dvc", "queue", "start", "-j", "2"], r, env)
+    # `dvc queue start` leaves a daemon that waits for its workers; with the output captured,
+    # a worker that never exits (dvc-task's monitor can shut one down mid-task, then it hangs
+    # after the task) would hold the pipe and hang the test, so the daemon gets no pipe.
+    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=r, env=env, check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=300)
     deadline = time.time() + 900
     while time.time() < deadline:
         status = sh(["dvc", "queue", "status"], r, env)
@@ -142,7 +147,7 @@ def test_two_queued_experiments_run_at_once_and_both_reach_mlflow(repo):
         time.sleep(3)
     else:
         raise AssertionError(f"queue did not finish:\n{status}")
-    sh(["dvc", "queue", "stop"], r, env)
+    sh(["dvc", "queue", "stop", "--kill"], r, env)
     assert status.count("Success") == 2, status
     for line in status.splitlines():
         if "Success" in line:

@@ -405,3 +405,94 @@ def test_fit_trains_the_small_cnn_with_autoaugment():
                  StepContext(torch.device("cpu"), 0.4, 0.2), on_best=lambda *a: None)
     assert [r["epoch"] for r in result.history] == [1, 2]
     assert all(np.isfinite(r["train_loss"]) for r in result.history)
+
+
+def test_update_ema_is_averaged_models_update_without_device_syncs():
+    """`update_ema` gives AveragedModel.update_parameters' weights and buffers (BatchNorm's
+    running stats and its int64 counter included) step after step, and keeps n_averaged on the
+    CPU."""
+    from ferpipe.training import make_ema, update_ema
+
+    torch.manual_seed(0)
+    model = build_model(model_cfg(), 7, 48)
+    ours, torchs = make_ema(model, 0.9), make_ema(model, 0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(4):
+        model.train()
+        loss = model(torch.randn(4, 1, 48, 48)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        update_ema(ours, model)
+        torchs.update_parameters(model)
+    for (name, a), b in zip(ours.module.state_dict().items(), torchs.module.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert ours.n_averaged.item() == 4 and ours.n_averaged.device.type == "cpu"
+    assert not torch.equal(ours.module.conv1.weight, model.conv1.weight)  # an average, not a copy
+
+
+def test_optimizers_are_fused_on_the_cpu_and_match_the_per_tensor_update():
+    torch.manual_seed(0)
+    for optimizer in ("adamw", "sgd"):
+        a, b = torch.nn.Linear(8, 3), torch.nn.Linear(8, 3)
+        b.load_state_dict(a.state_dict())
+        fused = make_optimizer(a, train_cfg(optimizer=optimizer, weight_decay=0.05))
+        plain = make_optimizer(b, train_cfg(optimizer=optimizer, weight_decay=0.05, fused=False))
+        assert fused.defaults["fused"] is True and not plain.defaults["fused"]
+        for _ in range(5):
+            x = torch.randn(16, 8)
+            for net, opt in ((a, fused), (b, plain)):
+                opt.zero_grad()
+                net(x).square().mean().backward()
+                opt.step()
+        torch.testing.assert_close(a.weight, b.weight, atol=1e-6, rtol=1e-5)
+
+
+def test_compile_auto_is_on_for_cuda_only_and_auto_amp_avoids_emulated_bf16(monkeypatch):
+    from ferpipe import device as device_module
+    from ferpipe.device import resolve_compile
+
+    assert resolve_compile("auto", torch.device("cuda")) == "default"
+    assert resolve_compile("auto", torch.device("cpu")) is None
+    assert resolve_compile(True, torch.device("cpu")) == "default"
+    assert resolve_compile(False, torch.device("cuda")) is None
+    assert resolve_compile("reduce-overhead", torch.device("cpu")) == "reduce-overhead"
+    with pytest.raises(ParamsError, match="train.compile"):
+        train_cfg(compile="fast")
+    cuda = torch.device("cuda")
+    # A V100 or T4 emulates bf16: auto takes fp16 there, bf16 where it is native.
+    monkeypatch.setattr(device_module, "cuda_supports_bf16", lambda device: False)
+    assert resolve_amp("auto", cuda) == torch.float16
+    monkeypatch.setattr(device_module, "cuda_supports_bf16", lambda device: True)
+    assert resolve_amp("auto", cuda) == torch.bfloat16
+
+
+def test_fingerprint_covers_the_resolved_device_and_precision(tmp_path):
+    """A resume checkpoint written on the CPU (train.device: auto) is not continued on a GPU."""
+    data = tmp_path / "train.npz"
+    data.write_bytes(b"abc")
+    params = {"train": {"device": "auto", "amp": "auto"}}
+    cpu = fingerprint(params, [data], device="cpu", precision="bfloat16")
+    assert cpu == fingerprint(params, [data], device="cpu", precision="bfloat16")
+    assert cpu != fingerprint(params, [data], device="cuda", precision="bfloat16")
+    assert cpu != fingerprint(params, [data], device="cpu", precision="fp32")
+
+
+def test_epoch_seconds_are_read_after_the_device_finishes(monkeypatch):
+    """train_one_epoch waits for the device before it reads the clock (on a GPU the loop only
+    queues work), and reads device values once per epoch."""
+    calls = []
+    real_perf_counter = training.time.perf_counter
+    monkeypatch.setattr(training, "synchronize", lambda device: calls.append("sync"))
+    monkeypatch.setattr(training.time, "perf_counter",
+                        lambda: calls.append("clock") or real_perf_counter())
+    images = torch.randint(0, 256, (32, 48, 48), dtype=torch.uint8)
+    labels = torch.arange(32) % 7
+    model = build_model(model_cfg(), 7, 48)
+    opt = make_optimizer(model, train_cfg())
+    stats = training.train_one_epoch(model, images, labels, torch.arange(32), opt, None,
+                                     torch.nn.CrossEntropyLoss(),
+                                     StepContext(torch.device("cpu"), 0.5, 0.25), AUG, 16,
+                                     torch.Generator().manual_seed(0))
+    assert calls[:2] == ["sync", "clock"] and calls[-2:] == ["sync", "clock"]
+    assert stats["images"] == 32 and stats["seconds"] > 0
