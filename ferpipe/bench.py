@@ -56,7 +56,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ferpipe.augment import normalize
-from ferpipe.data import CLASS_NAMES, RAW_ARCHIVE, load_split, pixel_stats, read_json
+from ferpipe.data import CLASS_NAMES, RAW_ARCHIVE, load_split, pixel_stats, read_json, read_stats
 from ferpipe.device import (
     StepContext,
     precision_name,
@@ -643,7 +643,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if args.compare is not None:
         train = load_split(Path(params.train.data) / "train.npz")
         stats_path = Path(params.train.stats)
-        stats = read_json(stats_path) if stats_path.is_file() else pixel_stats(train["images"])
+        stats = read_stats(stats_path) if stats_path.is_file() else pixel_stats(train["images"])
         specs = args.compare or [OLD_DEFAULT, "default"]
         result = compare(params, specs, train, stats, args.batches, args.rounds,
                          ceiling=not args.no_ceiling)
@@ -655,7 +655,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         train = load_split(Path(params.train.data) / "train.npz")
         val = load_split(Path(params.train.data) / "val.npz")
         stats_path = Path(params.train.stats)
-        stats = read_json(stats_path) if stats_path.is_file() else pixel_stats(train["images"])
+        stats = read_stats(stats_path) if stats_path.is_file() else pixel_stats(train["images"])
         s = Setup(params, train["labels"], stats["mean"], stats["std"])
         result = profile_loop(s, torch.from_numpy(train["images"]).to(s.device),
                               torch.from_numpy(train["labels"]).to(s.device), val, args.profile,
@@ -684,7 +684,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                           f"batches is more than the {len(train['labels'])} training images; use "
                           f"fewer --batches")
     stats_path = Path(params.train.stats)
-    stats = read_json(stats_path) if stats_path.is_file() else pixel_stats(train["images"])
+    stats = read_stats(stats_path) if stats_path.is_file() else pixel_stats(train["images"])
     s = Setup(params, train["labels"], stats["mean"], stats["std"])
     ctx = s.ctx
     images = torch.from_numpy(train["images"]).to(s.device)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ferpipe.errors import DataError
+from ferpipe.handoffs import check_split, check_stats
 
 #: The 7 FER2013 classes in the project's canonical order (alphabetical, as in the Kaggle copy).
 CLASS_NAMES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
@@ -27,7 +28,8 @@ IMAGE_SIZE = 48
 RAW_ARCHIVE = "images.zip"
 
 __all__ = ["CLASS_NAMES", "IMAGE_SIZE", "RAW_ARCHIVE", "DataError", "stratified_split",
-           "class_counts", "save_split", "load_split", "pixel_stats", "write_json", "read_json"]
+           "class_counts", "save_split", "load_split", "pixel_stats", "write_json", "read_json",
+           "read_stats"]
 
 
 # --------------------------------------------------------------------------- splits
@@ -88,7 +90,8 @@ def load_split(path: str | Path) -> dict[str, np.ndarray]:
     """Load a prepared split: `images` uint8 (N, 48, 48), `labels` int64 (N,), `files` str (N,).
 
     Raises:
-        DataError: the file is missing, unreadable, or lacks `images` or `labels`.
+        DataError: the file is missing, unreadable, lacks `images` or `labels`, or holds arrays
+            of another dtype, shape or label range (`handoffs.check_split`).
     """
     path = Path(path)
     if not path.is_file():
@@ -102,7 +105,7 @@ def load_split(path: str | Path) -> dict[str, np.ndarray]:
     if "images" not in arrays or "labels" not in arrays:
         raise DataError(f"{path}: holds {sorted(arrays)}; expected images and labels (a split "
                         f"written by the prepare stage)")
-    return arrays
+    return check_split(arrays, path, len(CLASS_NAMES))
 
 
 # --------------------------------------------------------------------------- stats
@@ -135,6 +138,15 @@ def write_json(obj: dict, path: str | Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def read_stats(path: str | Path) -> dict:
+    """Read `data/stats.json` and check it (`handoffs.check_stats`): {"mean", "std", "pixels"}.
+
+    Raises:
+        DataError: missing, not JSON, or a mean/std that is missing, not finite or out of range.
+    """
+    return check_stats(read_json(path), path)
 
 
 def read_json(path: str | Path) -> dict:

@@ -358,11 +358,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if part("data", data) is None:
             return finish(report, save, log, failed, begun)
-        from ferpipe.data import RAW_ARCHIVE, load_split, read_json
+        from ferpipe.data import RAW_ARCHIVE, load_split, read_stats
 
         prepared = work / params.prepare.out
         train = load_split(prepared / "train.npz")
-        stats = read_json(work / params.stats.out)
+        stats = read_stats(work / params.stats.out)
         batches, rounds = (2, 1) if args.smoke else (args.batches, args.rounds)
 
         def bench() -> dict[str, Any]:

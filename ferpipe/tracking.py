@@ -28,6 +28,7 @@ import mlflow
 from filelock import FileLock
 
 from ferpipe.data import DataError, read_json, write_json
+from ferpipe.handoffs import check_run_record
 from ferpipe.params import flatten
 
 
@@ -170,12 +171,13 @@ def resume_run(ref_path: str | Path) -> Iterator[mlflow.ActiveRun]:
     """Reopen the run named in `ref_path` (written by the train stage) to log more into it.
 
     Raises:
-        DataError: `ref_path` is missing (run the train stage first).
+        DataError: `ref_path` is missing (run the train stage first), or lacks a valid run id
+            or experiment (`handoffs.check_run_record`).
     """
     ref_path = Path(ref_path)
     if not ref_path.is_file():
         raise DataError(f"{ref_path}: MLflow run reference not found (run the train stage first)")
-    ref = read_json(ref_path)
+    ref = check_run_record(read_json(ref_path), ref_path)
     setup(ref["experiment"])
     with mlflow.start_run(run_id=ref["run_id"]) as run:
         yield run

@@ -18,7 +18,7 @@ import torch
 
 from ferpipe import tracking
 from ferpipe.codedeps import package_modules
-from ferpipe.data import CLASS_NAMES, class_counts, load_split, read_json, write_json
+from ferpipe.data import CLASS_NAMES, class_counts, load_split, read_stats, write_json
 from ferpipe.device import StepContext, precision_name, resolve_amp
 from ferpipe.distributed import Dist, all_reduce, init_distributed, shutdown_distributed
 from ferpipe.errors import run_main
@@ -62,7 +62,7 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
             "augment": params.augment.model_dump()}
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     amp = resolve_amp(cfg.amp, device)
-    stats = read_json(cfg.stats)
+    stats = read_stats(cfg.stats)  # checked before anything is built or trained
     data_dir, out = Path(cfg.data), Path(cfg.out)
     train, val = load_split(data_dir / "train.npz"), load_split(data_dir / "val.npz")
     size = train["images"].shape[-1]
