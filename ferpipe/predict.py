@@ -100,19 +100,30 @@ class FaceDetector:
         self.min_size, self.max_side = min_size, max_side
 
     def detect(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
-        """Face boxes (x, y, w, h) in pixels of `gray` (uint8 (H, W)), largest first."""
+        """Face boxes (x, y, w, h) in pixels of `gray` (uint8 (H, W)), largest first; none for
+        an image with a side shorter than the cascade's 24-pixel window (a 5000 x 1 strip, say),
+        which holds no face it could find."""
         cv2 = _cv2()
         scale = 1.0
-        side = max(gray.shape)
+        height, width = gray.shape[:2]
+        side = max(height, width)
         if self.max_side and side > self.max_side:
             scale = self.max_side / side
-            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            # Each side at least 1 pixel: fx/fy scaling rounds a 5000 x 1 strip to 320 x 0.
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        if min(gray.shape[:2]) < CASCADE_WINDOW:
+            return []
         smallest = max(20, int(self.min_size * min(gray.shape)))
         found = self.cascade.detectMultiScale(gray, scaleFactor=self.scale_factor,
                                               minNeighbors=self.min_neighbors,
                                               minSize=(smallest, smallest))
         boxes = [tuple(int(round(v / scale)) for v in box) for box in found]
         return sorted(boxes, key=lambda b: -b[2] * b[3])
+
+
+#: The side of the Haar cascade's detection window, pixels (haarcascade_frontalface_default.xml).
+CASCADE_WINDOW = 24
 
 
 def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], margin: float, size: int

@@ -498,3 +498,29 @@ def test_labels_are_readable_on_a_photo():
     canvas = draw(np.full((512, 512, 3), 255, np.uint8), [face])
     black = np.flatnonzero((canvas[:64, 174:400] < 60).all(axis=2).any(axis=1))
     assert black.size and black.max() - black.min() + 1 >= 15
+
+
+def test_photos_of_extreme_aspect_ratio_get_a_row_and_the_others_go_on(checkpoint, tmp_path,
+                                                                        capsys):
+    """A 5000 x 1 strip used to abort the whole call with a cv2.error from the downscale to
+    --max-side (a side rounded to 0 pixels); every such photo now gets its whole-image row."""
+    shapes = {"wide.png": (1, 5000), "tall.png": (5000, 1), "thin.png": (3, 700)}
+    for name, shape in shapes.items():
+        Image.fromarray(np.full(shape, 128, np.uint8)).save(tmp_path / name)
+    Image.fromarray(skdata.astronaut()).save(tmp_path / "z_astronaut.png")
+    code = main([str(tmp_path), "--model", str(checkpoint), "--json", "--annotate",
+                 str(tmp_path / "annotated")])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and [Path(line["file"]).name for line in lines] == [
+        "tall.png", "thin.png", "wide.png", "z_astronaut.png"]
+    for line in lines[:3]:
+        height, width = shapes[Path(line["file"]).name]
+        assert line["whole_image"] is True and line["box"] == [0, 0, width, height]
+    assert lines[3]["whole_image"] is False  # the photo after them is still searched for faces
+    assert len(list((tmp_path / "annotated").glob("*.png"))) == 4
+
+
+def test_the_detector_finds_no_face_in_an_image_thinner_than_its_window():
+    detector = FaceDetector()
+    for shape in ((1, 5000), (5000, 1), (23, 4000), (3, 700)):
+        assert detector.detect(np.full(shape, 128, np.uint8)) == []

@@ -119,6 +119,19 @@ def test_photos_answer_as_the_predict_command_does(server, checkpoint):
     assert set(answers[0]["probabilities"]) == set(CLASS_NAMES)
 
 
+def test_a_photo_of_extreme_aspect_ratio_is_answered_with_the_others(server):
+    """A 5000 x 1 strip (its downscale for detection used to round a side to 0 and fail in
+    OpenCV) gets its whole-image answer, and the photo after it is still searched for faces."""
+    strip = np.full((1, 5000), 128, np.uint8)
+    status, body = post(server, {"inputs": {"image": [encode(strip, "PNG"),
+                                                      encode(skdata.astronaut(), "PNG")]}})
+    assert status == 200, body
+    answers = json.loads(body)["predictions"]
+    assert [a["image"] for a in answers] == [0, 1]
+    assert answers[0]["whole_image"] is True and answers[0]["box"] == [0, 0, 5000, 1]
+    assert answers[1]["whole_image"] is False and answers[1]["box"] == [174, 64, 99, 99]
+
+
 def test_pixel_crops_answer_as_the_classifier_does(server, checkpoint):
     images = np.stack([face_like(c, np.random.default_rng(c)) for c in range(3)])
     images[2] = 0  # an all-black image is not taken for normalized pixels
