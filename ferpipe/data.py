@@ -82,8 +82,12 @@ def save_split(arrays: dict[str, np.ndarray], path: Path) -> None:
     """Write one split to an uncompressed `.npz` (written to a temp name, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    try:
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_split(path: str | Path) -> dict[str, np.ndarray]:
@@ -132,12 +136,17 @@ def pixel_stats(images: np.ndarray) -> dict[str, float]:
 
 
 def write_json(obj: dict, path: str | Path) -> None:
-    """Write `obj` as indented JSON, creating the parent folder."""
+    """Write `obj` as indented JSON, creating the parent folder; through a temp file renamed
+    into place, removed when the write fails (the OSError is raised)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_stats(path: str | Path) -> dict:

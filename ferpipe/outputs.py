@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -121,6 +122,13 @@ class Outputs:
     def __init__(self) -> None:
         self._files: list[tuple[Path, Path]] = []
         self._folders: list[tuple[Path, Path, str, set[str]]] = []
+        self._order: list[Path] = []  # destinations, in the order registered
+
+    @property
+    def pending(self) -> list[Path]:
+        """The destinations registered and not yet in place, in the order registered."""
+        waiting = {dest for _, dest in self._files} | {dest for _, dest, *_ in self._folders}
+        return [dest for dest in self._order if dest in waiting]
 
     def file(self, dest: str | Path) -> Path:
         """A temp path beside `dest` (its parent folder is created) to write `dest` to.
@@ -138,6 +146,7 @@ class Outputs:
                 raise PermissionError(13, "Permission denied")
         tmp = dest.with_name(f".{dest.name}.tmp")
         self._files.append((tmp, dest))
+        self._order.append(dest)
         return tmp
 
     def folder(self, dest: str | Path, stage: str, names: set[str]) -> Path:
@@ -160,6 +169,7 @@ class Outputs:
             os.umask(umask)
             tmp.chmod(0o777 & ~umask)  # as mkdir would make it (mkdtemp makes it private)
         self._folders.append((tmp, dest, stage, names))
+        self._order.append(dest)
         return tmp
 
     def commit(self) -> None:
@@ -220,15 +230,55 @@ def _swap_in(tmp: Path, dest: Path, stage: str, names: set[str]) -> None:
         old.rmdir()
 
 
+#: errno values that always mean "this write failed", whatever file they name: no space, file
+#: too large (RLIMIT_FSIZE), quota, read-only file system.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+
+
+def write_error(err: OSError, outs: Outputs) -> OutputError | None:
+    """The one-line OutputError for an OSError raised while a stage wrote its outputs, or None
+    when it is not a write error of those outputs (e.g. an input that cannot be read).
+
+    The output named is the one whose temp file or folder `err.filename` lies in, else (a write
+    that fails on close names no file, as zipfile's does) the output registered last: the stage
+    is writing it.
+    """
+    name = getattr(err, "filename", None)
+    dest = None
+    if name:
+        path = Path(name).absolute()
+        for tmp, target in outs._files:
+            if path == tmp.absolute():
+                dest = target
+        for tmp, target, *_ in outs._folders:
+            if _inside(path, tmp.absolute()):
+                dest = target
+    if dest is None and err.errno in WRITE_ERRNOS and outs.pending:
+        dest = outs.pending[-1]
+    if dest is None:
+        return None
+    reason = err.strerror or os.strerror(err.errno or 0) or str(err)
+    return OutputError(f"{dest}: cannot write: {reason} (errno {errno.errorcode.get(err.errno, err.errno)}); "
+                       f"nothing was replaced, the previous outputs are as they were")
+
+
 @contextlib.contextmanager
 def stage_outputs() -> Iterator[Outputs]:
     """`with stage_outputs() as outs:` write to `outs.file(...)` / `outs.folder(...)`; on normal
     exit everything is renamed into place, on an error nothing is (and when renaming itself
-    fails, what was not yet in place is removed)."""
+    fails, what was not yet in place is removed). An OSError while writing (no space, file too
+    large, quota, read-only folder) becomes one OutputError line naming the output and the
+    reason (`write_error`), after the temp files are removed."""
     outs = Outputs()
     try:
         yield outs
         outs.commit()
+    except OSError as err:
+        line = write_error(err, outs)
+        outs.abort()
+        if line is None:
+            raise
+        raise line from err
     except BaseException:
         outs.abort()
         raise

@@ -209,3 +209,47 @@ def test_a_failed_rename_at_the_end_leaves_no_temp_files(tmp_path):
     # the folder was swapped in before the failure and stays; nothing temporary is left
     assert (tmp_path / "out/a.npz").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "ok.json", "out"]
+
+
+def test_a_full_disk_or_file_size_limit_is_one_line_and_the_old_outputs_stay(tmp_path):
+    """Each data stage run under RLIMIT_FSIZE (Python ignores SIGXFSZ, so writes fail with
+    EFBIG, as on a full disk): one error line naming the output and the reason, no temp file
+    left, and the outputs of the run before byte for byte as they were."""
+    import resource
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.fakedata import make_image_folders, make_zip
+
+    root = Path(__file__).resolve().parents[1]
+    make_image_folders(tmp_path / "images", n_train=14, n_test=4)
+    (tmp_path / "data").mkdir()
+    make_zip(tmp_path / "images", tmp_path / "data" / "fer2013.zip")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(root)}
+
+    def stage(name, limit=None):
+        def cap():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        return subprocess.run([sys.executable, str(root / "stages" / f"{name}.py")],
+                              cwd=tmp_path, env=env, capture_output=True, text=True,
+                              preexec_fn=cap if limit else None, timeout=300)
+
+    def snapshot():
+        return {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*")
+                if p.is_file() and "images" not in p.parts}
+
+    for name in ("download", "prepare", "stats"):
+        assert stage(name).returncode == 0
+    before = snapshot()
+    for name, output in (("download", "data/raw"), ("prepare", "data/prepared"),
+                         ("stats", "data/stats.json")):
+        proc = stage(name, limit=40 if name == "stats" else 60_000)
+        assert proc.returncode == 1, (name, proc.stderr)
+        assert proc.stderr.strip() == (
+            f"error: {output}: cannot write: File too large (errno EFBIG); nothing was "
+            f"replaced, the previous outputs are as they were"), (name, proc.stderr)
+        assert snapshot() == before, name  # old outputs whole, no temp file left
