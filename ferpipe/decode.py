@@ -3,7 +3,14 @@ arrays, on every CPU core, with undecodable files reported rather than fatal."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import os
+import signal
+import sys
+import threading
+import time
 import warnings
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
@@ -98,12 +105,36 @@ def _decode_members(archive: str, names: list[str], size: int
     return (np.stack(pixels) if pixels else np.empty((0, size, size), np.uint8), converted, bad)
 
 
+def exit_with_parent(parent: int) -> None:
+    """A worker process's initializer: end this process when `parent` (the stage) dies, even by
+    SIGKILL (the OOM killer, a CI timeout, `kill -9` of `dvc repro`), which gives the
+    executor no chance to stop its workers.
+
+    On Linux the kernel sends SIGKILL when the parent goes (`prctl(PR_SET_PDEATHSIG)`); on any
+    system a daemon thread checks every second that the parent is still `parent`.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the line above ran
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def decode_archive(archive: Path, size: int = IMAGE_SIZE, workers: int | None = None
                    ) -> dict[str, tuple[dict[str, np.ndarray], dict]]:
     """Decode every image of `data/raw/images.zip`, split by split, in a stable order.
 
     Images are ordered by class (CLASS_NAMES order), then file name, and decoded by `workers`
-    processes (default: one per CPU core). Files that do not decode (see `decode_image`) are
+    processes (default: one per CPU core), which end when the stage does, however it ends
+    (`exit_with_parent`). Files that do not decode (see `decode_image`) are
     left out and listed; no threshold is applied here.
 
     Returns:
@@ -134,7 +165,8 @@ def decode_archive(archive: Path, size: int = IMAGE_SIZE, workers: int | None = 
         members.setdefault(split, []).append((order[cls], file, name))
     workers = workers or os.cpu_count() or 1
     out = {}
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         for split, items in sorted(members.items()):
             items.sort()
             chunks = [items[i::workers] for i in range(workers)]

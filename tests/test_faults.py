@@ -186,3 +186,41 @@ def test_push_then_pull_into_a_fresh_clone_restores_data_and_model_byte_for_byte
     for path in outputs:
         assert (clone / path).read_bytes() == (r / path).read_bytes(), path
     assert "up to date" in sh(["dvc", "status"], clone, env)
+
+
+def test_a_killed_prepare_leaves_no_decoding_worker_running(tmp_path):
+    """SIGKILL of the prepare stage (the OOM killer, a CI timeout, kill -9 of dvc repro) used to
+    leave its decoding workers running, idle, for hours; they now end with it."""
+    import os
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    make_image_folders(tmp_path / "images", n_train=300, n_test=10)
+    (tmp_path / "data").mkdir()
+    make_zip(tmp_path / "images", tmp_path / "data" / "fer2013.zip")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    subprocess.run([sys.executable, str(root / "stages" / "download.py")], cwd=tmp_path,
+                   env=env, check=True, capture_output=True)
+    stage = subprocess.Popen([sys.executable, str(root / "stages" / "prepare.py")],
+                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    parent = psutil.Process(stage.pid)
+    workers: list[psutil.Process] = []
+    deadline = time.time() + 120
+    while not workers and time.time() < deadline and stage.poll() is None:
+        workers = parent.children(recursive=True)
+        time.sleep(0.02)
+    assert workers, "the prepare stage finished before its workers could be seen"
+    stage.send_signal(signal.SIGKILL)
+    stage.wait()
+    survivors = workers
+    deadline = time.time() + 10
+    while survivors and time.time() < deadline:
+        time.sleep(0.2)
+        survivors = [w for w in workers if w.is_running()
+                     and w.status() != psutil.STATUS_ZOMBIE]
+    assert not survivors, [w.pid for w in survivors]
