@@ -524,3 +524,43 @@ def test_the_detector_finds_no_face_in_an_image_thinner_than_its_window():
     detector = FaceDetector()
     for shape in ((1, 5000), (5000, 1), (23, 4000), (3, 700)):
         assert detector.detect(np.full(shape, 128, np.uint8)) == []
+
+
+def group_photo(faces: int, side: int) -> np.ndarray:
+    """A gray `side` x `side` photo of `faces` copies of the astronaut's head (scikit-image's
+    public-domain portrait; the face is 99 pixels wide), one centred in each cell of a square
+    grid: faces of 99 / side of the photo's side."""
+    gray = np.asarray(Image.fromarray(skdata.astronaut()).convert("L").resize((640, 480)))
+    head = gray[24:204, 134:314]  # 180 x 180 around the face at (174, 64), 99 x 99
+    k = int(round(faces ** 0.5))
+    photo = np.full((side, side), 128, np.uint8)
+    step = side // k
+    for i in range(k):
+        for j in range(k):
+            y, x = i * step + (step - 180) // 2, j * step + (step - 180) // 2
+            photo[y:y + 180, x:x + 180] = head
+    return photo
+
+
+@pytest.mark.parametrize("faces, side", [(4, 1400), (16, 2000), (36, 1800)])
+def test_group_photos_have_every_face_found(faces, side):
+    """Faces of 5-7% of the photo's side, below the portrait pass's 15%: the small-face pass
+    finds each (they used to be one whole_image answer)."""
+    photo = group_photo(faces, side)
+    detector = FaceDetector()
+    assert detector._search(photo, detector.max_side, lambda s: max(20, int(0.15 * s))) == []
+    boxes = detector.detect(photo)
+    assert len(boxes) == faces
+    step = side // int(round(faces ** 0.5))
+    cells = {(y // step, x // step) for x, y, w, h in boxes}
+    assert len(cells) == faces  # one in each cell: no duplicates, none missed
+    assert all(90 <= w <= 130 for _, _, w, _ in boxes)  # in the photo's pixels
+    assert FaceDetector(small_side=None).detect(photo) == []  # the portrait pass alone
+
+
+def test_predict_labels_each_face_of_a_group_photo(checkpoint, tmp_path, capsys):
+    Image.fromarray(group_photo(16, 2000)).save(tmp_path / "group.jpg")
+    assert main([str(tmp_path / "group.jpg"), "--model", str(checkpoint), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 16 and not any(line["whole_image"] for line in lines)
+    assert sorted(line["face"] for line in lines) == list(range(16))
