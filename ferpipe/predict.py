@@ -464,6 +464,8 @@ def predict_video(predictor: Predictor, source: Path | int,
                   disable=None) as bar:
             try:
                 while ok:
+                    if index == 0:  # live times count from the first frame read
+                        start = time.perf_counter()
                     seconds = index / fps if fps > 0 and not live else time.perf_counter() - start
                     rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                     if index % every == 0:
