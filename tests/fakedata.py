@@ -62,6 +62,19 @@ def make_tar(folder: Path, tar_path: Path, prefix: str = "") -> Path:
     return tar_path
 
 
+def stage_folder(folder: Path, n_train: int, n_test: int) -> dict[str, str]:
+    """A folder to run the stage scripts in: a tiny archive at data/fer2013.zip (made from
+    `folder/images`) and the project's params.yaml; returns the environment that runs them
+    (`PYTHONPATH` at this checkout)."""
+    import os
+
+    make_image_folders(folder / "images", n_train=n_train, n_test=n_test)
+    (folder / "data").mkdir()
+    make_zip(folder / "images", folder / "data" / "fer2013.zip")
+    (folder / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
 def write_fer2013_csv(path: Path, rows: list[tuple[int | str, np.ndarray | str, str]]) -> Path:
     """Write a challenge-style CSV (`emotion,pixels,Usage`) with one line per (emotion, pixels,
     usage) row; `pixels` is a uint8 (48, 48) array (written as 2304 space-separated ints) or the

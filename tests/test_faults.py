@@ -191,18 +191,12 @@ def test_push_then_pull_into_a_fresh_clone_restores_data_and_model_byte_for_byte
 def test_a_killed_prepare_leaves_no_decoding_worker_running(tmp_path):
     """SIGKILL of the prepare stage (the OOM killer, a CI timeout, kill -9 of dvc repro) used to
     leave its decoding workers running, idle, for hours; they now end with it."""
-    import os
     import sys
 
-    import yaml
+    from tests.fakedata import ROOT as root
+    from tests.fakedata import stage_folder
 
-    root = Path(__file__).resolve().parents[1]
-    make_image_folders(tmp_path / "images", n_train=300, n_test=10)
-    (tmp_path / "data").mkdir()
-    make_zip(tmp_path / "images", tmp_path / "data" / "fer2013.zip")
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = stage_folder(tmp_path, n_train=300, n_test=10)
     subprocess.run([sys.executable, str(root / "stages" / "download.py")], cwd=tmp_path,
                    env=env, check=True, capture_output=True)
     stage = subprocess.Popen([sys.executable, str(root / "stages" / "prepare.py")],

@@ -216,20 +216,11 @@ def test_a_full_disk_or_file_size_limit_is_one_line_and_the_old_outputs_stay(tmp
     EFBIG, as on a full disk): one error line naming the output and the reason, no temp file
     left, and the outputs of the run before byte for byte as they were."""
     import resource
-    import subprocess
-    import sys
 
-    import yaml
+    from tests.fakedata import ROOT as root
+    from tests.fakedata import stage_folder
 
-    from tests.fakedata import make_image_folders, make_zip
-
-    root = Path(__file__).resolve().parents[1]
-    make_image_folders(tmp_path / "images", n_train=14, n_test=4)
-    (tmp_path / "data").mkdir()
-    make_zip(tmp_path / "images", tmp_path / "data" / "fer2013.zip")
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = stage_folder(tmp_path, n_train=14, n_test=4)
 
     def stage(name, limit=None):
         def cap():
