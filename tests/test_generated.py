@@ -634,8 +634,9 @@ def _expected(annotation: Any, value: Any) -> tuple[bool, Any]:
 @bounded(60)
 @given(changes=st.lists(st.tuples(st.sampled_from(KEYS), params_values), min_size=1,
                         max_size=3, unique_by=lambda change: change[0]))
-# Fields whose type is a union (a generated run in CI once drew train.compile: true, which the
+# Fields whose type is a union (a generated run once drew train.compile: 'auto', which the
 # expectation did not cover): always tried.
+@example(changes=[(("train", "compile"), "auto")])
 @example(changes=[(("train", "compile"), True), (("evaluate", "tta_crop"), 48)])
 @example(changes=[(("train", "compile"), "reduce-overhead"), (("download", "sha256"), "a" * 64)])
 @example(changes=[(("train", "compile"), 1)])
