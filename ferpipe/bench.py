@@ -568,6 +568,19 @@ def predict_latency(model: Path, repeats: int, tta: str = DEFAULT_TTA, faces: in
     return result
 
 
+def train_data(params: Params) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The prepared training split and its pixel stats (`data/stats.json`, checked; computed
+    from the split when the stats stage has not run).
+
+    Raises:
+        DataError: see `load_split` and `read_stats`.
+    """
+    train = load_split(Path(params.train.data) / "train.npz")
+    stats_path = Path(params.train.stats)
+    stats = read_stats(stats_path) if stats_path.is_file() else pixel_stats(train["images"])
+    return train, stats
+
+
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the figures and return them.
 
@@ -641,9 +654,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
     params = with_overrides(load_params(args.params), args.set, "--set")
     if args.compare is not None:
-        train = load_split(Path(params.train.data) / "train.npz")
-        stats_path = Path(params.train.stats)
-        stats = read_stats(stats_path) if stats_path.is_file() else pixel_stats(train["images"])
+        train, stats = train_data(params)
         specs = args.compare or [OLD_DEFAULT, "default"]
         result = compare(params, specs, train, stats, args.batches, args.rounds,
                          ceiling=not args.no_ceiling)
@@ -652,10 +663,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
         return result
     if args.profile:
-        train = load_split(Path(params.train.data) / "train.npz")
+        train, stats = train_data(params)
         val = load_split(Path(params.train.data) / "val.npz")
-        stats_path = Path(params.train.stats)
-        stats = read_stats(stats_path) if stats_path.is_file() else pixel_stats(train["images"])
         s = Setup(params, train["labels"], stats["mean"], stats["std"])
         result = profile_loop(s, torch.from_numpy(train["images"]).to(s.device),
                               torch.from_numpy(train["labels"]).to(s.device), val, args.profile,
@@ -678,13 +687,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     params = params.model_copy(update={
         "train": params.train.model_copy(update=train_update),
         "model": params.model.model_copy(update={"stem": args.stem} if args.stem else {})})
-    train = load_split(Path(params.train.data) / "train.npz")
+    train, stats = train_data(params)
     if params.train.batch_size * (args.batches + WARMUP) > len(train["labels"]):
         raise ParamsError(f"train.batch_size {params.train.batch_size} x {args.batches + WARMUP} "
                           f"batches is more than the {len(train['labels'])} training images; use "
                           f"fewer --batches")
-    stats_path = Path(params.train.stats)
-    stats = read_stats(stats_path) if stats_path.is_file() else pixel_stats(train["images"])
     s = Setup(params, train["labels"], stats["mean"], stats["std"])
     ctx = s.ctx
     images = torch.from_numpy(train["images"]).to(s.device)
