@@ -3,9 +3,9 @@ without test-time augmentation, run it on a real photo, and register it in the M
 registry, with its ONNX export beside it.
 
 Writes metrics/summary.json (the headline figures: the DVC metrics file), metrics/eval.json (the
-detail: test metrics per class, without TTA, and a val table of every TTA mode and logit
-adjustment to choose evaluate.tta and evaluate.logit_adjustment on), the confusion pairs and the
-classification report.
+detail: test metrics per class, without TTA, 95% bootstrap confidence intervals of test accuracy
+and macro-F1, and a val table of every TTA mode and logit adjustment to choose evaluate.tta and
+evaluate.logit_adjustment on), the confusion pairs and the classification report.
 
 The photo is scikit-image's public-domain NASA portrait (`skimage.data.astronaut()`), put through
 the predict command's face detection and drawn with its prediction to metrics/astronaut.png."""
@@ -24,7 +24,7 @@ from ferpipe.data import load_split, read_json, write_json
 from ferpipe.device import resolve_device
 from ferpipe.errors import run_main
 from ferpipe.inference import Classifier, adjust_logits, predict_log_proba
-from ferpipe.metrics import classification_metrics, report_text
+from ferpipe.metrics import classification_metrics, confidence_intervals, report_text
 from ferpipe.outputs import stage_outputs
 from ferpipe.params import TTA_MODES, Evaluate, load_params, stage_args
 from ferpipe.predict import Predictor, annotate
@@ -123,7 +123,9 @@ def main() -> None:
     scores = plain if cfg.tta == "none" else scorer.log_probs(test, cfg.tta)
     no_tta, metrics = (scorer.score(s, test, cfg.logit_adjustment) for s in (plain, scores))
     pred = adjust_logits(scores, counts, cfg.logit_adjustment).argmax(1).numpy()
+    interval = confidence_intervals(test["labels"], pred, len(names))
     evaluation = {"tta": cfg.tta, "logit_adjustment": cfg.logit_adjustment, "test": metrics,
+                  "test_interval": interval,
                   "test_no_tta": {k: no_tta[k] for k in (*REPORTED, "top2_accuracy", "loss")},
                   "val_settings": val_settings, "val_choice": chosen}
     if (chosen["tta"], chosen["logit_adjustment"]) != (cfg.tta, cfg.logit_adjustment):
@@ -135,6 +137,9 @@ def main() -> None:
     print(report)
     print(f"test accuracy {metrics['accuracy']:.4f} with TTA {cfg.tta}, "
           f"{no_tta['accuracy']:.4f} without; macro-F1 {metrics['macro_f1']:.4f}")
+    print(f"95% bootstrap intervals over the test images: accuracy "
+          f"{interval['accuracy'][0]:.4f}-{interval['accuracy'][1]:.4f}, macro-F1 "
+          f"{interval['macro_f1'][0]:.4f}-{interval['macro_f1'][1]:.4f}")
 
     photo = skdata.astronaut()
     model.cpu()  # the predict command's path, as a user runs it
@@ -156,7 +161,10 @@ def main() -> None:
         per_class = {f"test_{measure}_{name}": values[measure]
                      for name, values in metrics["per_class"].items()
                      for measure in ("recall", "f1")}
-        mlflow.log_metrics({f"summary/{k}": v for k, v in {**summary, **per_class}.items()})
+        bounds = {f"test_{metric}_ci_{side}": interval[metric][i]
+                  for metric in ("accuracy", "macro_f1") for i, side in enumerate(("low", "high"))}
+        mlflow.log_metrics({f"summary/{k}": v
+                            for k, v in {**summary, **per_class, **bounds}.items()})
         for path in ("metrics/summary.json", "metrics/eval.json",
                      "metrics/classification_report.txt", "metrics/confusion.csv",
                      "metrics/astronaut.png"):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ferpipe.metrics import classification_metrics, report_text
+from ferpipe.metrics import classification_metrics, confidence_intervals, report_text
 
 NAMES = ["a", "b", "c"]
 
@@ -61,3 +61,56 @@ def test_evaluation_settings_are_chosen_on_val_accuracy_then_macro_f1():
     assert choose(rows, margin=0.0) == rows[3]
     # a large accuracy cost is never taken for macro-F1
     assert choose(rows, margin=0.01)["logit_adjustment"] != 1.0
+
+
+def predictions(n: int, accuracy: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n labels over 7 classes and predictions right on exactly round(accuracy * n) of them."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 7, n)
+    pred = labels.copy()
+    wrong = rng.permutation(n)[:n - round(accuracy * n)]
+    pred[wrong] = (labels[wrong] + rng.integers(1, 7, len(wrong))) % 7
+    return labels, pred
+
+
+def test_accuracy_interval_matches_the_binomial_standard_error():
+    # 3,589 images (PublicTest's size) at 68% accuracy: the normal approximation gives
+    # 0.68 +- 1.96 * sqrt(0.68 * 0.32 / 3589) = +-1.53 points; the bootstrap must agree closely
+    labels, pred = predictions(3589, 0.68)
+    ci = confidence_intervals(labels, pred, 7)
+    half = 1.96 * np.sqrt(0.68 * 0.32 / 3589)
+    low, high = ci["accuracy"]
+    assert low == pytest.approx(0.68 - half, abs=0.003)
+    assert high == pytest.approx(0.68 + half, abs=0.003)
+    assert ci["macro_f1"][0] < classification_metrics(
+        np.eye(7)[pred], labels, list("abcdefg"))["macro_f1"] < ci["macro_f1"][1]
+    assert (ci["confidence"], ci["resamples"], ci["method"]) == (0.95, 1000, "percentile")
+
+
+def test_interval_narrows_with_more_images_and_with_a_lower_level():
+    small = confidence_intervals(*predictions(400, 0.7), 7)
+    large = confidence_intervals(*predictions(1600, 0.7), 7)
+    width = {name: ci["accuracy"][1] - ci["accuracy"][0] for name, ci in
+             (("small", small), ("large", large))}
+    assert width["large"] == pytest.approx(width["small"] / 2, rel=0.25)  # 4x the images
+    narrow = confidence_intervals(*predictions(400, 0.7), 7, confidence=0.5)
+    assert narrow["accuracy"][1] - narrow["accuracy"][0] < width["small"] / 2
+
+
+def test_interval_is_reproducible_from_its_seed():
+    labels, pred = predictions(500, 0.6)
+    assert confidence_intervals(labels, pred, 7) == confidence_intervals(labels, pred, 7)
+    assert confidence_intervals(labels, pred, 7, seed=1) != confidence_intervals(labels, pred, 7)
+
+
+def test_perfect_predictions_have_a_zero_width_interval():
+    labels = np.arange(70) % 7
+    ci = confidence_intervals(labels, labels, 7, resamples=200)
+    assert ci["accuracy"] == [1.0, 1.0] and ci["macro_f1"] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("pred", [np.zeros(5, dtype=int), np.zeros(1, dtype=int)])
+def test_interval_refuses_mismatched_or_single_image_input(pred):
+    labels = np.zeros(len(pred) + 1 if len(pred) > 1 else 1, dtype=int)
+    with pytest.raises(ValueError, match="same 1-D length of at least 2"):
+        confidence_intervals(labels, pred, 7)

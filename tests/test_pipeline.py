@@ -269,6 +269,12 @@ def test_evaluate_reports_tta_and_registers_the_model(repo):
     assert all(0 <= row["val_accuracy"] <= 1 for row in table)
     summary = json.loads((r / "metrics/summary.json").read_text())
     assert summary["test_accuracy_no_tta"] == evaluation["test_no_tta"]["accuracy"]
+    # the test figures' 95% bootstrap intervals hold the figures themselves
+    interval = evaluation["test_interval"]
+    assert interval["confidence"] == 0.95 and interval["resamples"] == 1000
+    for metric in ("accuracy", "macro_f1"):
+        low, high = interval[metric]
+        assert 0 <= low <= evaluation["test"][metric] <= high <= 1
     client, runs = store_runs(r)
     version = client.get_model_version_by_alias("fer2013-resnet18", "candidate")
     run = client.get_run(version.run_id)
@@ -276,6 +282,8 @@ def test_evaluate_reports_tta_and_registers_the_model(repo):
     assert version.tags["tta"] == "hflip"
     assert run.data.metrics["summary/test_accuracy_no_tta"] == pytest.approx(
         evaluation["test_no_tta"]["accuracy"])
+    assert run.data.metrics["summary/test_macro_f1_ci_high"] == pytest.approx(
+        interval["macro_f1"][1])
     # the ONNX export is registered beside it, from the same run
     onnx_version = client.get_model_version_by_alias("fer2013-resnet18-onnx", "candidate")
     assert onnx_version.run_id == version.run_id
