@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ferpipe.errors import DataError
-from ferpipe.handoffs import check_split, check_stats
+from ferpipe.handoffs import TABLES, check_split, check_stats, check_table
 
 #: The 7 FER2013 classes in the project's canonical order (alphabetical, as in the Kaggle copy).
 CLASS_NAMES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
@@ -156,6 +156,28 @@ def read_stats(path: str | Path) -> dict:
         DataError: missing, not JSON, or a mean/std that is missing, not finite or out of range.
     """
     return check_stats(read_json(path), path)
+
+
+def read_table(kind: str, path: str | Path | None = None, classes: list[str] | None = None):
+    """Read a CSV one stage hands the next as a pandas DataFrame and check it
+    (`handoffs.check_table`): kind "history" (metrics/history.csv), "lr" (metrics/lr.csv) or
+    "confusion" (metrics/confusion.csv, whose class names must be among `classes`); `path`
+    defaults to the kind's file.
+
+    Raises:
+        DataError: missing, not readable as CSV, or a missing column, no rows, a non-finite
+            number or an unknown class name (one line naming the file and its writer stage).
+    """
+    import pandas as pd  # only the stages that read CSVs pay for the import
+
+    path = Path(path if path is not None else TABLES[kind][0])
+    if not path.is_file():
+        raise DataError(f"{path}: not found")
+    try:
+        frame = pd.read_csv(path)
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{path}: not readable CSV ({str(err).splitlines()[0]})") from None
+    return check_table(frame, path, kind, classes)
 
 
 def read_json(path: str | Path) -> dict:

@@ -6,7 +6,13 @@ them: a schema per file, beside the params schema (`ferpipe.params`).
 - `data/prepared/<split>.npz` (the prepare stage): `images` uint8 (N, S, S), `labels` integers
   (N,) in 0..classes-1, `files` (N,) when present, N >= 1;
 - `models/mlflow_run.json` (the train stage): the MLflow `run_id` (32 hex digits) and
-  `experiment` the later stages log into.
+  `experiment` the later stages log into;
+- `metrics/train.json` (the train stage): best val accuracy in [0, 1], epochs, minutes and
+  images/s, finite; `metrics/history.csv` and `metrics/lr.csv`: their columns, at least one row,
+  finite numbers;
+- `metrics/data.json` (the prepare stage): the image count of each split (train, val, test);
+- `metrics/eval.json` (the evaluate stage): `test.per_class` with an F1 in [0, 1] per class;
+  `metrics/confusion.csv`: `actual` and `predicted` columns naming those classes.
 
 (The checkpoint, `models/model.pt`, is checked by `model.load_checkpoint`.) A bad file is one
 line, raised as `DataError`: the file, the field, what was found and what was expected, and the
@@ -28,7 +34,18 @@ from ferpipe.errors import DataError, shorten
 #: Who writes each file, as the error line says it.
 WRITERS = {"stats": "the stats stage: dvc repro stats",
            "split": "the prepare stage: dvc repro prepare",
-           "run": "the train stage: dvc repro train"}
+           "run": "the train stage: dvc repro train",
+           "train": "the train stage: dvc repro train",
+           "data": "the prepare stage: dvc repro prepare",
+           "eval": "the evaluate stage: dvc repro evaluate"}
+
+#: The columns each CSV a later stage reads must have (all numeric but confusion.csv's).
+TABLES = {"history": ("metrics/history.csv", "train",
+                      ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")),
+          "lr": ("metrics/lr.csv", "train", ("step", "lr")),
+          "confusion": ("metrics/confusion.csv", "eval", ("actual", "predicted"))}
+
+FRACTION = "a finite number from 0 to 1"
 
 
 class StatsFile(BaseModel):
@@ -53,6 +70,81 @@ class RunRecord(BaseModel):
     experiment: Annotated[StrictStr, Field(min_length=1, description="an experiment name")]
 
 
+class TrainSummary(BaseModel):
+    """`metrics/train.json` (what the evaluate stage reads of it)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    best_val_accuracy: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False,
+                                              description=FRACTION)]
+    epochs: Annotated[int, Strict(), Field(ge=1, description="a whole number >= 1")]
+    train_minutes: Annotated[float, Field(ge=0, allow_inf_nan=False,
+                                          description="a finite number of minutes >= 0")]
+    images_per_s: Annotated[float, Field(gt=0, allow_inf_nan=False,
+                                         description="a finite number > 0")]
+
+
+class SplitCount(BaseModel):
+    """One split's entry in `metrics/data.json`: its image count (and one per class)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    images: Annotated[int, Strict(), Field(ge=1, description="a whole number of images >= 1")]
+
+
+class DataCounts(BaseModel):
+    """`metrics/data.json`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    train: Annotated[SplitCount, Field(description="an object with the split's images")]
+    val: Annotated[SplitCount, Field(description="an object with the split's images")]
+    test: Annotated[SplitCount, Field(description="an object with the split's images")]
+
+
+class ClassScores(BaseModel):
+    """One class of `metrics/eval.json`'s `test.per_class`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    f1: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False, description=FRACTION)]
+
+
+class TestScores(BaseModel):
+    """`metrics/eval.json`'s `test`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    per_class: Annotated[dict[str, ClassScores], Field(
+        min_length=1, description="an object with one entry per class")]
+
+
+class EvalFile(BaseModel):
+    """`metrics/eval.json` (what the plot stage reads of it)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    test: Annotated[TestScores, Field(description="an object with the test metrics")]
+
+
+def _description(schema: type[BaseModel], loc: tuple) -> str | None:
+    """The description of the innermost schema field at `loc` (nested models and dict values
+    followed), or None."""
+    description = None
+    for part in loc:
+        info = schema.model_fields.get(str(part)) if isinstance(schema, type) else None
+        if info is None:
+            continue  # a dict key: its value's model is the annotation's argument
+        description = info.description or description
+        inner = info.annotation
+        args = getattr(inner, "__args__", ())
+        inner = args[-1] if args else inner
+        schema = inner if isinstance(inner, type) and issubclass(inner, BaseModel) else None
+        if schema is None:
+            break
+    return description
+
+
 def _check(raw: Any, schema: type[BaseModel], path: str | Path, writer: str) -> dict[str, Any]:
     """`raw` validated against `schema` as a plain dict, or DataError for its first problem."""
     if not isinstance(raw, dict):
@@ -63,9 +155,7 @@ def _check(raw: Any, schema: type[BaseModel], path: str | Path, writer: str) -> 
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "(file)"
-        info = schema.model_fields.get(str(first["loc"][0])) if first["loc"] else None
-        expected = (info.description if info is not None and info.description
-                    else first["msg"])
+        expected = _description(schema, first["loc"]) or first["msg"]
         got = ("nothing (missing)" if first["type"] == "missing"
                else shorten(first.get("input")))
         raise DataError(f"{path}: {field}: got {got}; expected {expected} (written by "
@@ -88,6 +178,80 @@ def check_run_record(raw: Any, path: str | Path) -> dict[str, Any]:
         DataError: a missing or malformed run id or experiment name (one line).
     """
     return _check(raw, RunRecord, path, "run")
+
+
+def check_train_summary(raw: Any, path: str | Path) -> dict[str, Any]:
+    """`raw` (parsed `metrics/train.json`) checked: best_val_accuracy, epochs, train_minutes,
+    images_per_s (and whatever else the train stage wrote).
+
+    Raises:
+        DataError: a missing, non-finite or out-of-range field (one line).
+    """
+    return _check(raw, TrainSummary, path, "train")
+
+
+def check_data_counts(raw: Any, path: str | Path) -> dict[str, Any]:
+    """`raw` (parsed `metrics/data.json`) checked: {"train", "val", "test"}, each with `images`
+    >= 1 (and its per-class counts).
+
+    Raises:
+        DataError: a missing split or image count (one line).
+    """
+    return _check(raw, DataCounts, path, "data")
+
+
+def check_eval(raw: Any, path: str | Path) -> dict[str, Any]:
+    """`raw` (parsed `metrics/eval.json`) checked: `test.per_class` maps each class name to
+    metrics with an `f1` in [0, 1].
+
+    Raises:
+        DataError: a missing or out-of-range field (one line).
+    """
+    return _check(raw, EvalFile, path, "eval")
+
+
+def check_table(frame: Any, path: str | Path, kind: str,
+                classes: list[str] | None = None) -> Any:
+    """A CSV one stage hands the next (`TABLES[kind]`: history, lr, confusion), read as a pandas
+    DataFrame, checked: its columns present, at least one row; numbers finite (history, lr);
+    class names among `classes` (confusion). Returns `frame`.
+
+    Raises:
+        DataError: the file, the column and what was expected, and the stage that writes it.
+    """
+    _, writer, columns = TABLES[kind]
+
+    def bad(field: str, got: str, expected: str) -> DataError:
+        return DataError(f"{path}: {field}: got {got}; expected {expected} (written by "
+                         f"{WRITERS[writer]})")
+
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise bad(missing[0], "nothing (missing column)", f"the columns {', '.join(columns)}")
+    if len(frame) == 0:
+        raise bad("(rows)", "no rows", "at least one row")
+    for column in columns:
+        values = frame[column]
+        if kind == "confusion":
+            unknown = sorted(set(values.astype(str)) - set(classes or ()))
+            if unknown:
+                raise bad(column, shorten(unknown[0]), f"a class name ({', '.join(classes or ())})")
+            continue
+        numbers = np.asarray(_numeric(values), dtype=float)
+        if not np.isfinite(numbers).all():
+            where = int(np.flatnonzero(~np.isfinite(numbers))[0])
+            cell = values.iloc[where]
+            cell = cell.item() if isinstance(cell, np.generic) else cell  # nan, not np.float64(nan)
+            raise bad(column, f"{shorten(cell)} in row {where + 1}",
+                      "finite numbers")
+    return frame
+
+
+def _numeric(values: Any) -> Any:
+    """`values` (a pandas Series) as numbers, with NaN where a cell is not one."""
+    import pandas as pd  # pandas is imported by the stages that read CSVs only
+
+    return pd.to_numeric(values, errors="coerce")
 
 
 def check_split(arrays: dict[str, np.ndarray], path: str | Path, classes: int

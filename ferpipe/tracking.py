@@ -166,9 +166,9 @@ def write_run_ref(path: str | Path, run: mlflow.ActiveRun, experiment: str) -> N
                 "tracking_uri": tracking_uri()}, path)
 
 
-@contextmanager
-def resume_run(ref_path: str | Path) -> Iterator[mlflow.ActiveRun]:
-    """Reopen the run named in `ref_path` (written by the train stage) to log more into it.
+def read_run_record(ref_path: str | Path) -> dict:
+    """The run record the train stage wrote (`models/mlflow_run.json`), checked: {"run_id",
+    "experiment", ...}. The later stages call it before they spend compute, then `resume_run`.
 
     Raises:
         DataError: `ref_path` is missing (run the train stage first), or lacks a valid run id
@@ -177,7 +177,17 @@ def resume_run(ref_path: str | Path) -> Iterator[mlflow.ActiveRun]:
     ref_path = Path(ref_path)
     if not ref_path.is_file():
         raise DataError(f"{ref_path}: MLflow run reference not found (run the train stage first)")
-    ref = check_run_record(read_json(ref_path), ref_path)
+    return check_run_record(read_json(ref_path), ref_path)
+
+
+@contextmanager
+def resume_run(ref_path: str | Path) -> Iterator[mlflow.ActiveRun]:
+    """Reopen the run named in `ref_path` (written by the train stage) to log more into it.
+
+    Raises:
+        DataError: as `read_run_record`.
+    """
+    ref = read_run_record(ref_path)
     setup(ref["experiment"])
     with mlflow.start_run(run_id=ref["run_id"]) as run:
         yield run

@@ -19,10 +19,11 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from ferpipe import export, serving, tracking
+from ferpipe import export, tracking
 from ferpipe.data import load_split, read_json, write_json
 from ferpipe.device import resolve_device
 from ferpipe.errors import run_main
+from ferpipe.handoffs import check_data_counts, check_train_summary
 from ferpipe.inference import Classifier, adjust_logits, predict_log_proba
 from ferpipe.metrics import classification_metrics, confidence_intervals, report_text
 from ferpipe.outputs import stage_outputs
@@ -111,10 +112,14 @@ def print_val_settings(params: str = "params.yaml") -> None:
 
 def main() -> None:
     cfg = load_params(stage_args(__doc__).params).evaluate
+    # The earlier stages' summaries, checked before the model is loaded (ferpipe/handoffs.py)
+    trained = check_train_summary(read_json("metrics/train.json"), "metrics/train.json")
+    counts_file = check_data_counts(read_json("metrics/data.json"), "metrics/data.json")
+    tracking.read_run_record(cfg.run)  # logged into at the end: checked now
+    test = load_split(cfg.test)
     scorer = Scorer(cfg)
     classifier, model = scorer.classifier, scorer.model
     names, counts = classifier.class_names, classifier.class_counts
-    test = load_split(cfg.test)
     # Val, every setting: the table evaluate.tta and evaluate.logit_adjustment are chosen from.
     val_settings = scorer.val_settings(load_split(cfg.val))
     chosen = choose(val_settings)
@@ -131,8 +136,7 @@ def main() -> None:
     if (chosen["tta"], chosen["logit_adjustment"]) != (cfg.tta, cfg.logit_adjustment):
         print(f"note: val favours evaluate.tta {chosen['tta']}, evaluate.logit_adjustment "
               f"{chosen['logit_adjustment']} (metrics/eval.json val_settings)")
-    summary = headline(metrics, no_tta, read_json("metrics/train.json"),
-                       read_json("metrics/data.json"))
+    summary = headline(metrics, no_tta, trained, counts_file)
     report = report_text(test["labels"], pred, names)
     print(report)
     print(f"test accuracy {metrics['accuracy']:.4f} with TTA {cfg.tta}, "
@@ -170,6 +174,11 @@ def main() -> None:
                      "metrics/astronaut.png"):
             mlflow.log_artifact(path, artifact_path="eval")
         if cfg.registry:
+            # Imported here: defining its MLflow model class prints MLflow's warning that
+            # `predict` has no type hints (it has none on purpose), which would otherwise come
+            # before any error line of the checks above.
+            from ferpipe import serving
+
             # A generated example (FER2013 images are not redistributed): mid-grey and a ramp.
             size = classifier.image_size
             example = np.stack([np.full((size, size), 128.0),

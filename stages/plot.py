@@ -6,11 +6,11 @@ git (the dataset's images must not be redistributed); the other PNGs are committ
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 
 from ferpipe import plots, tracking
-from ferpipe.data import load_split, read_json
+from ferpipe.data import load_split, read_json, read_table
 from ferpipe.errors import run_main
+from ferpipe.handoffs import check_eval
 from ferpipe.outputs import stage_outputs
 from ferpipe.params import load_params, stage_args
 
@@ -20,19 +20,22 @@ PLOTS = ("accuracy.png", "loss.png", "lr.png", "confusion.png", "per_class_f1.pn
 
 def main() -> None:
     cfg = load_params(stage_args(__doc__).params).plot
-    history = pd.read_csv("metrics/history.csv")
-    pairs = pd.read_csv("metrics/confusion.csv")
-    per_class = read_json("metrics/eval.json")["test"]["per_class"]
+    # Every file of the earlier stages checked before anything is drawn (ferpipe/handoffs.py)
+    history, lr = read_table("history"), read_table("lr")
+    per_class = check_eval(read_json("metrics/eval.json"), "metrics/eval.json")["test"]["per_class"]
     names = list(per_class)
+    pairs = read_table("confusion", classes=names)
     actual, predicted = pairs["actual"].tolist(), pairs["predicted"].tolist()
+    test_images = load_split(cfg.test)["images"]
+    tracking.read_run_record(cfg.run)  # logged into at the end: checked now
     with stage_outputs() as outs:
         folder = outs.folder(cfg.out, "plot", set(PLOTS))
         plots.curves(history, "accuracy", folder / "accuracy.png")
         plots.curves(history, "loss", folder / "loss.png")
-        plots.learning_rate(pd.read_csv("metrics/lr.csv"), folder / "lr.png")
+        plots.learning_rate(lr, folder / "lr.png")
         plots.confusion(actual, predicted, names, folder / "confusion.png")
         plots.per_class_f1(per_class, folder / "per_class_f1.png")
-        plots.prediction_grid(load_split(cfg.test)["images"], actual, predicted,
+        plots.prediction_grid(test_images, actual, predicted,
                               outs.file(cfg.grid), n=cfg.grid_images, seed=cfg.seed)
     written = [*(Path(cfg.out) / name for name in PLOTS), Path(cfg.grid)]
     with tracking.resume_run(cfg.run):
