@@ -37,6 +37,11 @@ class OutputError(FerpipeError):
     """An output path that must not be written or replaced (it holds files of the user's)."""
 
 
+class TrackingError(FerpipeError):
+    """The MLflow tracking store (`MLFLOW_TRACKING_URI`, or the default SQLite file) cannot be
+    reached or written."""
+
+
 def shorten(value: object, limit: int = 80) -> str:
     """`repr(value)` cut to at most `limit` characters (an error never repeats a huge value)."""
     text = repr(value)

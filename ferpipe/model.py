@@ -16,6 +16,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 from ferpipe.errors import CheckpointError, FerpipeError
+from ferpipe.outputs import write_torch
 from ferpipe.params import Model
 
 
@@ -155,7 +156,10 @@ def save_checkpoint(path: str | Path, model: nn.Module | dict[str, torch.Tensor]
     `model` is the module or its `state_dict`. Keys: state_dict (fp32, CPU), class_names, mean,
     std (normalization, [0, 1] pixel units), image_size (pixels), model (the `model` params
     section), params (all params used), plus `extra` (epoch, val_accuracy ...). Written to a
-    temp name, then renamed.
+    temp name, then renamed (`outputs.write_torch`).
+
+    Raises:
+        OSError: the file cannot be written (no space, file too large); `path` is as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,9 +168,7 @@ def save_checkpoint(path: str | Path, model: nn.Module | dict[str, torch.Tensor]
     ckpt = {"state_dict": state, "class_names": list(class_names), "mean": float(mean),
             "std": float(std), "image_size": int(image_size), "model": dict(params["model"]),
             "params": params, **(extra or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    write_torch(ckpt, path)
 
 
 #: What `load_checkpoint` needs in a checkpoint, with the type of each.

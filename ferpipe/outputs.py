@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ferpipe.errors import OutputError
 
@@ -233,6 +234,33 @@ def _swap_in(tmp: Path, dest: Path, stage: str, names: set[str]) -> None:
 #: errno values that always mean "this write failed", whatever file they name: no space, file
 #: too large (RLIMIT_FSIZE), quota, read-only file system.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+
+
+def write_torch(obj: Any, path: str | Path) -> None:
+    """`torch.save(obj)` to `path`, through a temp name beside it and a rename, so a reader never
+    sees half a file. The object is serialized in memory first: torch's zip writer reports a
+    failed write (a full disk, a file-size limit) as a RuntimeError with no errno, while a
+    plain write raises the OSError that `stage_outputs` turns into one line.
+
+    Raises:
+        OSError: the file cannot be written (its errno, with `filename` = `path`); the temp file
+            is removed and `path` is as it was.
+    """
+    import io
+
+    import torch
+
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from err
 
 
 def write_error(err: OSError, outs: Outputs) -> OutputError | None:

@@ -3,6 +3,7 @@ whether it may be continued (same params, data, code and number of processes).""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -12,7 +13,8 @@ from typing import Any
 
 import torch
 
-from ferpipe.errors import CheckpointError
+from ferpipe.errors import CheckpointError, OutputError
+from ferpipe.outputs import write_torch
 
 
 def fingerprint(params: dict[str, Any], files: list[str | Path], world_size: int = 1,
@@ -83,11 +85,22 @@ class Resume:
         return state
 
     def save(self, state: dict[str, Any]) -> None:
-        """Write `state` (plus fingerprint and extra) atomically."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        """Write `state` (plus fingerprint and extra) atomically (`outputs.write_torch`).
+
+        Raises:
+            OutputError: the file cannot be written (no space, file too large): one line; the
+                resume checkpoint of the epoch before, if any, is kept.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({**state, "fingerprint": self.fingerprint, "extra": self.extra}, tmp)
-        os.replace(tmp, self.path)
+        try:
+            write_torch({**state, "fingerprint": self.fingerprint, "extra": self.extra},
+                        self.path)
+        except OSError as err:
+            reason = err.strerror or os.strerror(err.errno or 0)
+            code = errno.errorcode.get(err.errno or 0, err.errno)
+            raise OutputError(f"{self.path}: cannot write: {reason} (errno {code}); training "
+                              f"stopped after epoch {state.get('epoch', '?')}, nothing was "
+                              f"replaced, the previous outputs are as they were") from None
 
     def remove(self) -> None:
         """Delete the checkpoint (the run finished)."""

@@ -6,6 +6,12 @@ in a temporary copy (`dvc exp run --temp` / `--queue` run under `.dvc/tmp/exps/`
 otherwise the working directory. The train stage starts the run and writes its id to a small JSON
 file; evaluate and plot reopen the run from that file.
 
+When the store cannot be reached or written (a tracking server that is down, a full disk under
+the SQLite file, wrong database credentials), the stages say so in one line that names the store
+(`store_name`, with any password masked), the reason, what was kept and how to log it again
+(`store_errors`); a tracking server is probed (`check_store`) before the train stage spends any
+time training.
+
 Parallel runs (`dvc queue start -j 2`) share that SQLite file. SQLite allows one writer at a time:
 the store is opened with a 60 s busy timeout (writers wait instead of failing with "database is
 locked"), and creating the database and the experiment, which MLflow does in several
@@ -18,7 +24,12 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +39,7 @@ import mlflow
 from filelock import FileLock
 
 from ferpipe.data import DataError, read_json, write_json
+from ferpipe.errors import TrackingError
 from ferpipe.handoffs import check_run_record
 from ferpipe.params import flatten
 
@@ -46,6 +58,95 @@ def tracking_uri() -> str:
     busy timeout of SQLITE_TIMEOUT_S seconds)."""
     return (os.environ.get("MLFLOW_TRACKING_URI")
             or f"sqlite:///{repo_root() / 'mlflow.db'}?timeout={SQLITE_TIMEOUT_S}")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every `scheme://user:password@host` in it replaced by ***."""
+    return re.sub(r"(://[^/:@\s]*:)[^@/\s]*@", r"\1***@", text)
+
+
+def store_name() -> str:
+    """The tracking store as an error line names it: `MLFLOW_TRACKING_URI=<uri>` (password
+    masked), or the default SQLite file when the variable is not set."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    default = f"sqlite:///{repo_root() / 'mlflow.db'}?timeout={SQLITE_TIMEOUT_S}"
+    if uri and uri != default:  # (`mlflow.set_tracking_uri` sets the variable to the default)
+        return f"MLFLOW_TRACKING_URI={redact(uri)}"
+    return f"MLflow store {repo_root() / 'mlflow.db'} (MLFLOW_TRACKING_URI not set)"
+
+
+def _reason(err: BaseException) -> str:
+    """The first line of what went wrong, password masked, at most 200 characters."""
+    inner = getattr(err, "orig", None) or err.__cause__ or err  # SQLAlchemy's wrapped DB error
+    text = getattr(err, "message", None) if inner is err else None
+    text = str(text or inner or type(inner).__name__).strip().splitlines()
+    line = redact(text[0] if text else type(inner).__name__)
+    line = re.sub(r"^\((?:sqlite3|psycopg2)\.\w+\)\s*", "", line)  # SQLAlchemy's prefix
+    return line if len(line) <= 200 else line[:195] + " ..."
+
+
+def _store_exceptions() -> tuple[type[BaseException], ...]:
+    """What a failing store raises through MLflow: its own exception, a database error through
+    SQLAlchemy, a connection error through requests, or an OSError (a full disk)."""
+    from mlflow.exceptions import MlflowException
+
+    found: list[type[BaseException]] = [MlflowException, OSError]
+    with contextlib.suppress(ImportError):
+        import sqlalchemy.exc
+        found.append(sqlalchemy.exc.SQLAlchemyError)
+    with contextlib.suppress(ImportError):
+        import requests
+        found.append(requests.exceptions.RequestException)
+    return tuple(found)
+
+
+@contextmanager
+def store_errors(action: str, consequence: str) -> Iterator[None]:
+    """Report a failure of the tracking store inside the block as one line:
+    `<store_name()>: <action>: <reason>; <consequence>` (a TrackingError, password masked).
+
+    Args:
+        action: what could not be done, e.g. "cannot start the run".
+        consequence: what was kept and what to do, e.g. "nothing was trained".
+
+    Raises:
+        TrackingError: the store raised MlflowException, a SQLAlchemy or requests error, or
+            OSError.
+    """
+    try:
+        yield
+    except _store_exceptions() as err:
+        raise TrackingError(f"{store_name()}: {action}: {_reason(err)}; {consequence}") from None
+
+
+#: How long `check_store` waits for a tracking server's health endpoint, seconds.
+HEALTH_TIMEOUT_S = 10
+
+
+def check_store(timeout_s: float = HEALTH_TIMEOUT_S) -> None:
+    """Fail fast when `MLFLOW_TRACKING_URI` is a tracking server that does not answer: GET
+    `<uri>/health` (the endpoint `mlflow server` serves) within `timeout_s` seconds. MLflow's
+    own client would retry a refused connection for minutes first. Other stores (SQLite, a
+    database URI) are checked by opening them (`setup`).
+
+    Raises:
+        TrackingError: no answer, or an HTTP error status, from the server's health endpoint.
+    """
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            response.read()
+    except urllib.error.HTTPError as err:
+        raise TrackingError(f"{store_name()}: the tracking server answered {err.code} "
+                            f"{err.reason} at /health; is it an MLflow server?") from None
+    except (urllib.error.URLError, OSError) as err:
+        why = getattr(err, "reason", err)
+        raise TrackingError(f"{store_name()}: the tracking server does not answer ({why}); "
+                            f"start it, or unset MLFLOW_TRACKING_URI to use the local "
+                            f"mlflow.db") from None
 
 
 def _store_lock() -> contextlib.AbstractContextManager:
@@ -158,6 +259,48 @@ def start_run(experiment: str, params: dict[str, Any], tags: dict[str, str],
                      **{k: v for k, v in dvc_tags.items() if v}, **tags})
     mlflow.log_params({k: "" if v is None else v for k, v in flat.items()})
     return run
+
+
+@contextmanager
+def closing(active: mlflow.ActiveRun, consequence: str) -> Iterator[mlflow.ActiveRun]:
+    """Use `active` (from `start_run`) and end it: FINISHED, or FAILED when the block raised
+    (then a store that fails too does not hide the block's own error).
+
+    Raises:
+        TrackingError: the store failed while ending a run whose block succeeded
+            (`store_errors` with `consequence`).
+    """
+    try:
+        yield active
+    except BaseException:
+        with contextlib.suppress(*_store_exceptions()):
+            mlflow.end_run("FAILED")
+        raise
+    with store_errors("cannot end the run", consequence):
+        mlflow.end_run("FINISHED")
+
+
+class EpochLog:
+    """Logs the train stage's per-epoch rows as MLflow metrics `epoch/<column>` at step
+    `epoch`. When the store fails, it says so once on stderr and logs nothing more: training
+    goes on, and the rows stay in metrics/history.csv."""
+
+    def __init__(self) -> None:
+        self.failed_at: int | None = None  # the first epoch not logged
+
+    def __call__(self, row: dict[str, float]) -> None:
+        if self.failed_at is not None:
+            return
+        try:
+            # Curves under epoch/: MLflow's charts page shows prefixed sections in name
+            # order before the unprefixed ones, so "epoch" comes before "summary".
+            mlflow.log_metrics({f"epoch/{k}": v for k, v in row.items() if k != "epoch"},
+                               step=int(row["epoch"]))
+        except _store_exceptions() as err:
+            self.failed_at = int(row["epoch"])
+            print(f"warning: {store_name()}: per-epoch metrics not logged from epoch "
+                  f"{self.failed_at} on: {_reason(err)}; training goes on (every epoch is in "
+                  f"metrics/history.csv)", file=sys.stderr, flush=True)
 
 
 def write_run_ref(path: str | Path, run: mlflow.ActiveRun, experiment: str) -> None:

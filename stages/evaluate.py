@@ -116,6 +116,7 @@ def main() -> None:
     trained = check_train_summary(read_json("metrics/train.json"), "metrics/train.json")
     counts_file = check_data_counts(read_json("metrics/data.json"), "metrics/data.json")
     tracking.read_run_record(cfg.run)  # logged into at the end: checked now
+    tracking.check_store()
     test = load_split(cfg.test)
     scorer = Scorer(cfg)
     classifier, model = scorer.classifier, scorer.model
@@ -160,7 +161,9 @@ def main() -> None:
             writer.writerows((names[a], names[p]) for a, p in zip(test["labels"], pred))
         annotate(photo, faces, outs.file("metrics/astronaut.png"))
 
-    with tracking.resume_run(cfg.run) as run:
+    with tracking.store_errors("the evaluation was not logged into the run", "the outputs are "
+                               "written; run `dvc repro evaluate` again to log them"), \
+            tracking.resume_run(cfg.run) as run:
         # Run summaries under summary/, named as in metrics/summary.json (train's are there too)
         per_class = {f"test_{measure}_{name}": values[measure]
                      for name, values in metrics["per_class"].items()

@@ -28,6 +28,7 @@ def main() -> None:
     actual, predicted = pairs["actual"].tolist(), pairs["predicted"].tolist()
     test_images = load_split(cfg.test)["images"]
     tracking.read_run_record(cfg.run)  # logged into at the end: checked now
+    tracking.check_store()
     with stage_outputs() as outs:
         folder = outs.folder(cfg.out, "plot", set(PLOTS))
         plots.curves(history, "accuracy", folder / "accuracy.png")
@@ -38,7 +39,9 @@ def main() -> None:
         plots.prediction_grid(test_images, actual, predicted,
                               outs.file(cfg.grid), n=cfg.grid_images, seed=cfg.seed)
     written = [*(Path(cfg.out) / name for name in PLOTS), Path(cfg.grid)]
-    with tracking.resume_run(cfg.run):
+    with tracking.store_errors("the plots were not logged into the run", "the outputs are "
+                               "written; run `dvc repro plot` again to log them"), \
+            tracking.resume_run(cfg.run):
         for path in written:
             mlflow.log_artifact(str(path), artifact_path="plots")
     print("wrote " + ", ".join(str(p) for p in written))

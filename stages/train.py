@@ -84,10 +84,19 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
             dist.world_size, device=device.type, precision=precision))
         resume.load()
     run_id = resume.state["extra"].get("run_id") if resume and resume.state else None
-    run_context = tracking.start_run(cfg.experiment, used, {
-        "device": str(device), "precision": precision, "torch_version": torch.__version__,
-        "world_size": str(dist.world_size)}, run_id=run_id) if dist.is_main \
-        else contextlib.nullcontext()
+    # What a failing tracking store leaves, as its error line says (ferpipe/tracking.py).
+    relog = ("the outputs are written and models/resume.pt is kept: run `dvc repro train` again "
+             "to log them (it resumes after the last epoch, without training)" if resume else
+             "the outputs are written; `dvc repro train` logs them only by training again "
+             "(train.resume is false)")
+    run_context: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if dist.is_main:
+        tracking.check_store()  # a tracking server that is down: one line, before training
+        with tracking.store_errors("cannot start the run", "nothing was trained"):
+            run_context = tracking.closing(tracking.start_run(cfg.experiment, used, {
+                "device": str(device), "precision": precision,
+                "torch_version": torch.__version__, "world_size": str(dist.world_size)},
+                run_id=run_id), relog)
     with run_context as run, stage_outputs() as outs:
         # Only rank 0 writes; all its outputs are renamed into place at the end.
         checkpoint = outs.file(out / "model.pt") if dist.is_main else None
@@ -104,14 +113,8 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
                                    "input_size": input_size,
                                    "class_counts": counts})
 
-        def on_epoch(row: dict) -> None:
-            # Curves under epoch/: MLflow's charts page shows prefixed sections in name
-            # order before the unprefixed ones, so "epoch" comes before "summary".
-            mlflow.log_metrics({f"epoch/{k}": v for k, v in row.items() if k != "epoch"},
-                               step=row["epoch"])
-
-        result = fit(model, train, val, cfg, params.augment, ctx, on_best, on_epoch, dist,
-                     resume)
+        result = fit(model, train, val, cfg, params.augment, ctx, on_best, tracking.EpochLog(),
+                     dist, resume)
         wall = result.wall_seconds
         # The largest peak over the ranks (each holds its own copy of the arrays).
         peak = all_reduce(torch.tensor([peak_rss_mb()], dtype=torch.float64, device=device),
@@ -129,7 +132,8 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
                    "device": str(device), "precision": precision}
         write_json(metrics, outs.file("metrics/train.json"))
     # Every file is in place: log them into the run, then drop the resume checkpoint.
-    with tracking.resume_run(out / "mlflow_run.json"):
+    with tracking.store_errors("the run's summaries, history and model were not logged", relog), \
+            tracking.resume_run(out / "mlflow_run.json"):
         # Run summaries under summary/: they must not share a key with a per-epoch series
         # (epoch/images_per_s) and are grouped after the curves in MLflow's charts.
         mlflow.log_metrics({f"summary/{k}": v for k, v in metrics.items()

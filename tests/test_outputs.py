@@ -2,6 +2,7 @@
 their own folders, and write all their outputs or none."""
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -244,3 +245,72 @@ def test_a_full_disk_or_file_size_limit_is_one_line_and_the_old_outputs_stay(tmp
             f"error: {output}: cannot write: File too large (errno EFBIG); nothing was "
             f"replaced, the previous outputs are as they were"), (name, proc.stderr)
         assert snapshot() == before, name  # old outputs whole, no temp file left
+
+
+def test_a_full_disk_in_the_model_stages_is_one_line_and_keeps_what_it_should(tmp_path):
+    """train, evaluate and plot under RLIMIT_FSIZE: a limit below the size of the SQLite MLflow
+    store fails its first write, one below a checkpoint's size fails that file. Each case is one
+    line; where an output failed, nothing was replaced; where only the MLflow logging failed at
+    the end, the line says the outputs are written and how to log them."""
+    import resource
+
+    from tests.fakedata import ROOT as root
+    from tests.fakedata import stage_folder
+
+    env = stage_folder(tmp_path, n_train=14, n_test=4)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["train"].update(epochs=1, batch_size=4, device="cpu")
+    params["model"].update(stem="standard")  # 45 MB checkpoint, 20x the MLflow store; quick
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def stage(name, limit=None):
+        def cap():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        proc = subprocess.run([sys.executable, str(root / "stages" / f"{name}.py")],
+                              cwd=tmp_path, env=env, capture_output=True, text=True,
+                              preexec_fn=cap if limit else None, timeout=600)
+        return proc.returncode, proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+
+    def snapshot():  # every file but the images and the SQLite store (and its journal)
+        return {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*")
+                if p.is_file() and "images" not in p.parts and not p.name.startswith("mlflow.db")}
+
+    for name in ("download", "prepare", "stats", "train", "evaluate", "plot"):
+        assert stage(name)[0] == 0, name
+    db = (tmp_path / "mlflow.db").stat().st_size
+    model = (tmp_path / "models/model.pt").stat().st_size
+    biggest = max((tmp_path / "metrics/astronaut.png").stat().st_size,
+                  (tmp_path / "metrics/predictions.png").stat().st_size)
+    assert biggest + 50_000 < db < model - 100_000  # the limits below fall between them
+    store = f"MLflow store {tmp_path / 'mlflow.db'} (MLFLOW_TRACKING_URI not set)"
+    kept = "nothing was replaced, the previous outputs are as they were"
+    before = snapshot()
+    for name, limit, line in (
+            ("train", db // 2, f"error: {store}: cannot start the run: disk I/O error; nothing "
+                               f"was trained"),
+            ("train", model - 1, f"error: models/model.pt: cannot write: File too large (errno "
+                                 f"EFBIG); {kept}"),
+            ("train", model * 3 // 2, f"error: models/resume.pt: cannot write: File too large "
+                                      f"(errno EFBIG); training stopped after epoch 1, {kept}"),
+            ("evaluate", 50_000, f"error: metrics/astronaut.png: cannot write: File too large "
+                                 f"(errno EFBIG); {kept}"),
+            ("plot", 50_000, f"error: metrics/plots: cannot write: File too large "
+                             f"(errno EFBIG); {kept}")):
+        assert stage(name, limit) == (1, line), (name, limit)
+        assert snapshot() == before, (name, limit)  # old outputs whole, no temp file left
+    # Outputs written, the MLflow store full: the line says so and how to log them again
+    for name, what in (("evaluate", "the evaluation was"), ("plot", "the plots were")):
+        code, line = stage(name, (biggest + db) // 2)
+        assert (code, line) == (1, f"error: {store}: {what} not logged into the run: disk I/O "
+                                   f"error; the outputs are written; run `dvc repro {name}` "
+                                   f"again to log them"), name
+    # ... and running them again logs them: the store is whole after the failed writes
+    import mlflow
+
+    run_id = json.loads((tmp_path / "models/mlflow_run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for name in ("evaluate", "plot"):
+        assert stage(name)[0] == 0, name
+    for folder, expected in (("eval", "eval/eval.json"), ("plots", "plots/accuracy.png")):
+        assert expected in {a.path for a in client.list_artifacts(run_id, folder)}
+    assert client.get_run(run_id).data.metrics["summary/test_accuracy"] >= 0
