@@ -81,7 +81,7 @@ def _reason(err: BaseException) -> str:
     text = getattr(err, "message", None) if inner is err else None
     text = str(text or inner or type(inner).__name__).strip().splitlines()
     line = redact(text[0] if text else type(inner).__name__)
-    line = re.sub(r"^\((?:sqlite3|psycopg2)\.\w+\)\s*", "", line)  # SQLAlchemy's prefix
+    line = re.sub(r"^\((?:sqlite3|psycopg2?)\.[\w.]+\)\s*", "", line)  # SQLAlchemy's prefix
     return line if len(line) <= 200 else line[:195] + " ..."
 
 
@@ -109,10 +109,17 @@ def store_errors(action: str, consequence: str) -> Iterator[None]:
         action: what could not be done, e.g. "cannot start the run".
         consequence: what was kept and what to do, e.g. "nothing was trained".
 
+    A tracking server is probed (`/health`, HEALTH_TIMEOUT_S) before the block runs: MLflow's
+    client retries a refused connection for minutes before it gives up.
+
     Raises:
-        TrackingError: the store raised MlflowException, a SQLAlchemy or requests error, or
-            OSError.
+        TrackingError: the server does not answer, or the store raised MlflowException, a
+            SQLAlchemy or requests error, or OSError.
     """
+    why = _server_unreachable(HEALTH_TIMEOUT_S)  # MLflow's client retries for minutes
+    if why is not None:
+        raise TrackingError(f"{store_name()}: {action}: the tracking server does not answer "
+                            f"({why}); {consequence}")
     try:
         yield
     except _store_exceptions() as err:
@@ -123,30 +130,68 @@ def store_errors(action: str, consequence: str) -> Iterator[None]:
 HEALTH_TIMEOUT_S = 10
 
 
+def _server_unreachable(timeout_s: float) -> str | None:
+    """Why the tracking server does not answer `/health` (None: it answers, or the store is
+    not a server)."""
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            response.read()
+    except urllib.error.HTTPError as err:
+        return f"it answered {err.code} {err.reason} at /health"
+    except (urllib.error.URLError, OSError) as err:
+        return str(getattr(err, "reason", err))
+    return None
+
+
+def _database_refuses(timeout_s: float) -> str | None:
+    """Why a database tracking URI (postgresql://, mysql:// ...; not SQLite, not a server) does
+    not take a connection, from one attempt (None: it does, or the store is not one). MLflow's
+    own store retries for about 100 s, printing a warning each time, before it gives up."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://", "sqlite:", "file:", "databricks")) or "://" not in uri:
+        return None
+    import sqlalchemy
+
+    connect_args = {"connect_timeout": int(timeout_s)} if uri.startswith(("postgres", "mysql")) \
+        else {}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=connect_args)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except ImportError as err:  # no driver for the URI's database
+        return f"its driver is not installed here: {err}"
+    except Exception as err:  # a driver's or SQLAlchemy's error
+        return _reason(err)
+    return None
+
+
 def check_store(timeout_s: float = HEALTH_TIMEOUT_S) -> None:
     """Fail fast when `MLFLOW_TRACKING_URI` is a tracking server that does not answer: GET
     `<uri>/health` (the endpoint `mlflow server` serves) within `timeout_s` seconds. MLflow's
-    own client would retry a refused connection for minutes first. Other stores (SQLite, a
-    database URI) are checked by opening them (`setup`).
+    own client would retry a refused connection for minutes first. A database URI
+    (postgresql://user:password@host/db) is tried once, with a connection timeout of
+    `timeout_s`. A SQLite file is checked by opening it (`setup`).
 
     Raises:
-        TrackingError: no answer, or an HTTP error status, from the server's health endpoint.
+        TrackingError: no answer, or an HTTP error status, from the server's health endpoint;
+            a database that refuses the connection (the password masked in the line).
     """
-    uri = tracking_uri()
-    if not uri.startswith(("http://", "https://")):
-        return
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            response.read()
-    except urllib.error.HTTPError as err:
-        raise TrackingError(f"{store_name()}: the tracking server answered {err.code} "
-                            f"{err.reason} at /health; is it an MLflow server?") from None
-    except (urllib.error.URLError, OSError) as err:
-        why = getattr(err, "reason", err)
+    why = _server_unreachable(timeout_s)
+    if why is not None:
         raise TrackingError(f"{store_name()}: the tracking server does not answer ({why}); "
                             f"start it, or unset MLFLOW_TRACKING_URI to use the local "
-                            f"mlflow.db") from None
+                            f"mlflow.db")
+    why = _database_refuses(timeout_s)
+    if why is not None:
+        raise TrackingError(f"{store_name()}: the database refuses the connection ({why}); "
+                            f"check the user, password, host and database name in "
+                            f"MLFLOW_TRACKING_URI")
 
 
 def _store_lock() -> contextlib.AbstractContextManager:
@@ -159,12 +204,16 @@ def _store_lock() -> contextlib.AbstractContextManager:
     return FileLock(str(db.with_name(db.name + ".lock")), timeout=600)
 
 
-def artifact_location(experiment: str) -> str:
-    """Artifact folder for a new experiment: `<main repo root>/mlartifacts/<experiment>` (a file URI).
+def artifact_location(experiment: str) -> str | None:
+    """Artifact folder for a new experiment: `<main repo root>/mlartifacts/<experiment>` (a file
+    URI); None (the server's own `mlflow-artifacts:` location) when the store is a tracking
+    server, whose clients send artifacts through it rather than write them anywhere themselves.
 
-    Set explicitly so that an experiment first created from a temporary DVC copy does not get
-    its artifacts inside that copy (which DVC deletes).
+    Set explicitly otherwise, so that an experiment first created from a temporary DVC copy does
+    not get its artifacts inside that copy (which DVC deletes).
     """
+    if tracking_uri().startswith(("http://", "https://")):
+        return None
     return (repo_root() / "mlartifacts" / experiment).as_uri()
 
 
@@ -273,8 +322,9 @@ def closing(active: mlflow.ActiveRun, consequence: str) -> Iterator[mlflow.Activ
     try:
         yield active
     except BaseException:
-        with contextlib.suppress(*_store_exceptions()):
-            mlflow.end_run("FAILED")
+        if _server_unreachable(HEALTH_TIMEOUT_S) is None:
+            with contextlib.suppress(*_store_exceptions()):
+                mlflow.end_run("FAILED")
         raise
     with store_errors("cannot end the run", consequence):
         mlflow.end_run("FINISHED")
@@ -282,25 +332,58 @@ def closing(active: mlflow.ActiveRun, consequence: str) -> Iterator[mlflow.Activ
 
 class EpochLog:
     """Logs the train stage's per-epoch rows as MLflow metrics `epoch/<column>` at step
-    `epoch`. When the store fails, it says so once on stderr and logs nothing more: training
-    goes on, and the rows stay in metrics/history.csv."""
+    `epoch`. When the store fails (a server that stops answering is probed first, so a dead
+    one costs seconds, not MLflow's minutes of retries), it says so once on stderr and logs
+    nothing more: training goes on, the rows stay in metrics/history.csv, and `flush` logs the
+    missed ones once the store answers again (at the end, or in a resumed run).
 
-    def __init__(self) -> None:
-        self.failed_at: int | None = None  # the first epoch not logged
+    Args:
+        missed: epochs not logged so far (a list this object appends to: the train stage keeps
+            it in the resume checkpoint, so a resumed run knows them).
+    """
+
+    def __init__(self, missed: list[int] | None = None) -> None:
+        self.missed = missed if missed is not None else []
+        self.failing = False
+
+    @staticmethod
+    def _log(row: dict[str, float]) -> None:
+        # Curves under epoch/: MLflow's charts page shows prefixed sections in name
+        # order before the unprefixed ones, so "epoch" comes before "summary".
+        mlflow.log_metrics({f"epoch/{k}": v for k, v in row.items() if k != "epoch"},
+                           step=int(row["epoch"]))
 
     def __call__(self, row: dict[str, float]) -> None:
-        if self.failed_at is not None:
+        epoch = int(row["epoch"])
+        if self.failing:
+            self.missed.append(epoch)
             return
+        why = _server_unreachable(HEALTH_TIMEOUT_S)
         try:
-            # Curves under epoch/: MLflow's charts page shows prefixed sections in name
-            # order before the unprefixed ones, so "epoch" comes before "summary".
-            mlflow.log_metrics({f"epoch/{k}": v for k, v in row.items() if k != "epoch"},
-                               step=int(row["epoch"]))
+            if why is None:
+                self._log(row)
         except _store_exceptions() as err:
-            self.failed_at = int(row["epoch"])
-            print(f"warning: {store_name()}: per-epoch metrics not logged from epoch "
-                  f"{self.failed_at} on: {_reason(err)}; training goes on (every epoch is in "
-                  f"metrics/history.csv)", file=sys.stderr, flush=True)
+            why = _reason(err)
+        if why is not None:
+            self.failing = True
+            self.missed.append(epoch)
+            print(f"warning: {store_name()}: per-epoch metrics not logged from epoch {epoch} "
+                  f"on: {why}; training goes on (every epoch is in metrics/history.csv, and "
+                  f"is logged at the end if the store answers again)", file=sys.stderr,
+                  flush=True)
+
+    def flush(self, history: list[dict[str, float]]) -> None:
+        """Log the rows of `history` whose epochs were missed (inside an active run).
+
+        Raises:
+            the store's exception (wrap the call in `store_errors`).
+        """
+        missed = set(self.missed)
+        for row in history:
+            if int(row["epoch"]) in missed:
+                self._log(row)
+        self.missed.clear()
+        self.failing = False
 
 
 def write_run_ref(path: str | Path, run: mlflow.ActiveRun, experiment: str) -> None:

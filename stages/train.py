@@ -63,6 +63,8 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     amp = resolve_amp(cfg.amp, device)
     stats = read_stats(cfg.stats)  # checked before anything is built or trained
+    if dist.is_main:
+        tracking.check_store()  # a tracking server that is down: one line, before anything else
     data_dir, out = Path(cfg.data), Path(cfg.out)
     train, val = load_split(data_dir / "train.npz"), load_split(data_dir / "val.npz")
     size = train["images"].shape[-1]
@@ -91,12 +93,16 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
              "(train.resume is false)")
     run_context: contextlib.AbstractContextManager = contextlib.nullcontext()
     if dist.is_main:
-        tracking.check_store()  # a tracking server that is down: one line, before training
         with tracking.store_errors("cannot start the run", "nothing was trained"):
             run_context = tracking.closing(tracking.start_run(cfg.experiment, used, {
                 "device": str(device), "precision": precision,
                 "torch_version": torch.__version__, "world_size": str(dist.world_size)},
                 run_id=run_id), relog)
+    # Epochs whose metrics the store did not take; kept in the resume checkpoint, logged at the end
+    missed = list(resume.state["extra"].get("unlogged_epochs", [])) if run_id else []
+    if resume is not None:
+        resume.extra["unlogged_epochs"] = missed
+    epoch_log = tracking.EpochLog(missed)
     with run_context as run, stage_outputs() as outs:
         # Only rank 0 writes; all its outputs are renamed into place at the end.
         checkpoint = outs.file(out / "model.pt") if dist.is_main else None
@@ -113,8 +119,8 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
                                    "input_size": input_size,
                                    "class_counts": counts})
 
-        result = fit(model, train, val, cfg, params.augment, ctx, on_best, tracking.EpochLog(),
-                     dist, resume)
+        result = fit(model, train, val, cfg, params.augment, ctx, on_best, epoch_log, dist,
+                     resume)
         wall = result.wall_seconds
         # The largest peak over the ranks (each holds its own copy of the arrays).
         peak = all_reduce(torch.tensor([peak_rss_mb()], dtype=torch.float64, device=device),
@@ -138,6 +144,7 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
         # (epoch/images_per_s) and are grouped after the curves in MLflow's charts.
         mlflow.log_metrics({f"summary/{k}": v for k, v in metrics.items()
                             if isinstance(v, (int, float))})
+        epoch_log.flush(result.history)
         mlflow.log_artifact("metrics/history.csv")
         tracking.log_model(out / "model.pt")
     if resume is not None:
