@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 from skimage import data as skdata
 
@@ -120,7 +121,7 @@ def team(tmp_path):
     make_image_folders(tmp_path / "images", n_train=40, n_test=6)
     archive = make_zip(tmp_path / "images", tmp_path / "fer_tiny.zip")
     repo = tmp_path / "repo"
-    env = make_repo(repo, archive, model={"stem": "standard"},
+    env = make_repo(repo, archive, model={"arch": "small_cnn"},  # the quickest model to train
                     train={"epochs": 2, "batch_size": 16}, plot={"grid_images": 4})
     sh(["dvc", "repro", "stats"], repo, env)
     sh(["git", "add", "-A"], repo, env)
@@ -144,9 +145,10 @@ def wait_for_queue(repo: Path, env: dict, timeout_s: float = 900) -> str:
     raise AssertionError(f"queue did not finish:\n{status}")
 
 
-def check_team_flow(team: dict, server_block: str) -> None:
+def check_team_flow(team: dict, server_block: str, serve: bool = True) -> None:
     """docs/team.md from the server on: start it, point the clients at it, push to the remote,
-    run two queued experiments at once, check both runs through the REST API, serve the alias."""
+    run two queued experiments at once, check both runs through the REST API, serve the alias
+    (when `serve`)."""
     repo, env = team["repo"], team["env"]
     port = int(env["SERVER_PORT"])
     artifacts = Path(env["ARTIFACTS"])
@@ -200,6 +202,8 @@ def check_team_flow(team: dict, server_block: str) -> None:
         assert {"eval.json", "accuracy.png", "history.csv", "MLmodel", "model.onnx"} <= stored
         assert len(list(artifacts.rglob("eval.json"))) == 2
         assert not (repo / "mlartifacts").exists() and not (repo / "mlflow.db").exists()
+        if not serve:
+            return
 
         buffer = io.BytesIO()
         Image.fromarray(skdata.astronaut()).save(buffer, format="PNG")
@@ -233,7 +237,7 @@ def test_team_setup_on_postgresql(team):
 
 
 def test_team_setup_on_a_sqlite_server(team):
-    check_team_flow(team, "server-sqlite")
+    check_team_flow(team, "server-sqlite", serve=False)  # serving: the PostgreSQL test
     assert (team["server_dir"] / "mlflow.db").is_file()
 
 
@@ -274,12 +278,15 @@ def test_wrong_database_password_is_one_line_without_the_password(team):
 
 
 def test_server_gone_mid_run_keeps_the_outputs_and_logs_them_after(team):
-    """The server is killed after epoch 2 of 5: training goes on and writes its outputs, the
-    stage says what was not logged and how to log it; with the server back, `dvc repro train`
-    resumes after the last epoch without training and the run gets everything."""
+    """The server is killed as epoch 2 of 5 ends (before its metrics are logged): training goes
+    on and writes its outputs, the stage says what was not logged and how to log it; with the
+    server back, `dvc repro train` resumes after the last epoch without training and the run
+    gets everything."""
     repo, env = team["repo"], team["env"]
-    params = (repo / "params.yaml").read_text().replace("epochs: 2", "epochs: 5", 1)
-    (repo / "params.yaml").write_text(params)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["epochs"] = 5
+    params["model"]["arch"] = "resnet18"  # epochs of seconds: the kill lands mid-run
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     port = int(env["SERVER_PORT"])
     client = {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
     args = ["bash", "-euo", "pipefail", "-c", doc_blocks()["server-sqlite"]]
@@ -307,7 +314,8 @@ def test_server_gone_mid_run_keeps_the_outputs_and_logs_them_after(team):
             os.killpg(server.pid, signal.SIGKILL)
     assert stage.returncode == 1
     assert "warning: MLFLOW_TRACKING_URI=http://127.0.0.1:" in err
-    assert "per-epoch metrics not logged from epoch 3 on" in err
+    # epoch 2's line is printed before its metrics are logged: the first one missed is 2 or 3
+    assert re.search(r"per-epoch metrics not logged from epoch [23] on", err), err
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"error: MLFLOW_TRACKING_URI=http://127.0.0.1:{port}: cannot end the "
                            f"run: the tracking server does not answer (")
