@@ -301,14 +301,18 @@ def test_server_gone_mid_run_keeps_the_outputs_and_logs_them_after(team):
             except OSError:
                 assert time.time() < deadline and server.poll() is None
                 time.sleep(1)
-        stage = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=repo, env=client,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for line in stage.stdout:
-            if line.startswith("epoch 2:"):
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
-                break
-        out, err = stage.communicate(timeout=600)
+        errors = team["tmp"] / "train.stderr"  # a file: progress bars must not fill a pipe
+        with open(errors, "w") as err_file:
+            stage = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=repo,
+                                     env=client, stdout=subprocess.PIPE, stderr=err_file,
+                                     text=True)
+            for line in stage.stdout:
+                if line.startswith("epoch 2:"):
+                    os.killpg(server.pid, signal.SIGKILL)
+                    server.wait()
+                    break
+            out, _ = stage.communicate(timeout=600)
+        err = errors.read_text()
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
