@@ -102,9 +102,9 @@ def postgres_server():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def api(url: str, path: str, body: dict | None = None, **query) -> dict:
-    """GET (or POST `body` to) the tracking server's REST API."""
-    address = f"{url}/api/2.0/mlflow/{path}"
+def api(url: str, endpoint: str, body: dict | None = None, **query) -> dict:
+    """GET (or POST `body` to) the tracking server's REST API `endpoint` with `query`."""
+    address = f"{url}/api/2.0/mlflow/{endpoint}"
     if query:
         address += "?" + urllib.parse.urlencode(query)
     data = json.dumps(body).encode() if body is not None else None
