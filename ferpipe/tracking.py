@@ -28,7 +28,6 @@ import re
 import subprocess
 import sys
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,8 +55,17 @@ SQLITE_TIMEOUT_S = 60
 def tracking_uri() -> str:
     """`MLFLOW_TRACKING_URI`, or the SQLite store `mlflow.db` at the main repo root (with a
     busy timeout of SQLITE_TIMEOUT_S seconds)."""
-    return (os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{repo_root() / 'mlflow.db'}?timeout={SQLITE_TIMEOUT_S}")
+    return os.environ.get("MLFLOW_TRACKING_URI") or _default_uri()
+
+
+def _default_uri() -> str:
+    """The SQLite store at the main repo root, with the busy timeout."""
+    return f"sqlite:///{repo_root() / 'mlflow.db'}?timeout={SQLITE_TIMEOUT_S}"
+
+
+def is_server(uri: str) -> bool:
+    """Whether a tracking URI is a tracking server (http or https)."""
+    return uri.startswith(("http://", "https://"))
 
 
 def redact(text: str) -> str:
@@ -69,8 +77,7 @@ def store_name() -> str:
     """The tracking store as an error line names it: `MLFLOW_TRACKING_URI=<uri>` (password
     masked), or the default SQLite file when the variable is not set."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    default = f"sqlite:///{repo_root() / 'mlflow.db'}?timeout={SQLITE_TIMEOUT_S}"
-    if uri and uri != default:  # (`mlflow.set_tracking_uri` sets the variable to the default)
+    if uri and uri != _default_uri():  # (`mlflow.set_tracking_uri` sets the variable to the default)
         return f"MLFLOW_TRACKING_URI={redact(uri)}"
     return f"MLflow store {repo_root() / 'mlflow.db'} (MLFLOW_TRACKING_URI not set)"
 
@@ -134,7 +141,7 @@ def _server_unreachable(timeout_s: float) -> str | None:
     """Why the tracking server does not answer `/health` (None: it answers, or the store is
     not a server)."""
     uri = tracking_uri()
-    if not uri.startswith(("http://", "https://")):
+    if not is_server(uri):
         return None
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
@@ -151,7 +158,7 @@ def _database_refuses(timeout_s: float) -> str | None:
     not take a connection, from one attempt (None: it does, or the store is not one). MLflow's
     own store retries for about 100 s, printing a warning each time, before it gives up."""
     uri = tracking_uri()
-    if uri.startswith(("http://", "https://", "sqlite:", "file:", "databricks")) or "://" not in uri:
+    if is_server(uri) or uri.startswith(("sqlite:", "file:", "databricks")) or "://" not in uri:
         return None
     import sqlalchemy
 
@@ -212,7 +219,7 @@ def artifact_location(experiment: str) -> str | None:
     Set explicitly otherwise, so that an experiment first created from a temporary DVC copy does
     not get its artifacts inside that copy (which DVC deletes).
     """
-    if tracking_uri().startswith(("http://", "https://")):
+    if is_server(tracking_uri()):
         return None
     return (repo_root() / "mlartifacts" / experiment).as_uri()
 
