@@ -125,12 +125,24 @@ def store_errors(action: str, consequence: str) -> Iterator[None]:
     """
     why = _server_unreachable(HEALTH_TIMEOUT_S)  # MLflow's client retries for minutes
     if why is not None:
+        _quick_exit_hook()
         raise TrackingError(f"{store_name()}: {action}: the tracking server does not answer "
                             f"({why}); {consequence}")
     try:
         yield
     except _store_exceptions() as err:
+        _quick_exit_hook()
         raise TrackingError(f"{store_name()}: {action}: {_reason(err)}; {consequence}") from None
+
+
+def _quick_exit_hook() -> None:
+    """Make MLflow's exit hook, which ends a run left active, try once: against a server that
+    does not answer, its client otherwise retries for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+    7 with exponential backoff) after the stage has printed its error line. The run stays as
+    the store has it (RUNNING), for the stage's next run to finish."""
+    if mlflow.active_run() is not None:
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
 
 
 #: How long `check_store` waits for a tracking server's health endpoint, seconds.
@@ -332,6 +344,7 @@ def closing(active: mlflow.ActiveRun, consequence: str) -> Iterator[mlflow.Activ
         if _server_unreachable(HEALTH_TIMEOUT_S) is None:
             with contextlib.suppress(*_store_exceptions()):
                 mlflow.end_run("FAILED")
+        _quick_exit_hook()  # when the run could not be ended
         raise
     with store_errors("cannot end the run", consequence):
         mlflow.end_run("FINISHED")
