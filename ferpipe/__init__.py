@@ -20,7 +20,12 @@ Modules, in the order data flows:
 - `metrics`: scikit-learn scores.
 - `tracking`: MLflow runs and the store at the repo root.
 - `plots`: matplotlib figures.
-- `predict`: the `ferpipe-predict` command (faces in photos).
+- `faces`: finding faces in a photo (OpenCV's Haar cascade, two passes) and cropping them.
+- `predictor`: reading a photo, the classifier behind `--model`, and `Predictor` (detect, crop,
+  classify).
+- `drawing`: boxes and labels drawn on photos and frames.
+- `video`: videos and webcams, frame by frame, and their CSV rows.
+- `predict`: the `ferpipe-predict` command (its options, output and exit status).
 - `serving`: the MLflow pyfunc model and the model registry.
 - `bench`: the `ferpipe-bench` command (training speed side by side, profile, predict latency).
 - `gpucheck`: `python -m ferpipe.gpucheck`, the offline GPU check (speed, syncs, a short run).

@@ -69,7 +69,8 @@ from ferpipe.distributed import wrap_model
 from ferpipe.errors import ParamsError, run_main
 from ferpipe.model import build_model
 from ferpipe.params import AMP_MODES, STEMS, TTA_MODES, Params, load_params, validate_params
-from ferpipe.predict import DEFAULT_TTA, HelpFormatter
+from ferpipe.predict import HelpFormatter
+from ferpipe.predictor import DEFAULT_TTA
 from ferpipe.training import make_recipe, train_one_epoch, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -517,7 +518,7 @@ def predict_latency(model: Path, repeats: int, tta: str = DEFAULT_TTA, faces: in
     """Milliseconds per 640 x 480 photo with one face through the predict command's steps.
 
     Args:
-        model: a checkpoint or ONNX file, or an MLflow URI (see `predict.load_classifier`).
+        model: a checkpoint or ONNX file, or an MLflow URI (see `predictor.load_classifier`).
         faces: face crops classified in one batch for the per-face figure.
 
     Returns:
@@ -526,14 +527,15 @@ def predict_latency(model: Path, repeats: int, tta: str = DEFAULT_TTA, faces: in
         by `faces` (`per_face`), over `repeats` runs after 3 warm-up runs; the faces found.
 
     Raises:
-        CheckpointError: see `predict.load_classifier`.
+        CheckpointError: see `predictor.load_classifier`.
     """
     from io import BytesIO
 
     from PIL import Image
     from skimage import data as skdata
 
-    from ferpipe.predict import Predictor, crop_face, load_classifier, load_gray
+    from ferpipe.faces import crop_face
+    from ferpipe.predictor import Predictor, load_classifier, load_gray
 
     buffer = BytesIO()
     Image.fromarray(skdata.astronaut()).resize((640, 480)).save(buffer, "JPEG", quality=90)

@@ -6,7 +6,7 @@ Requests (`mlflow models serve` / `POST /invocations`, JSON), one of:
 
 - photos: `{"inputs": {"image": ["<base64 PNG/JPEG/...>", ...]}}` (a `data:image/...;base64,`
   prefix and line breaks are allowed). Each photo is decoded as `ferpipe-predict` reads a file,
-  its faces are found and cropped by `ferpipe.predict.Predictor`, and the answer is one object
+  its faces are found and cropped by `ferpipe.predictor.Predictor`, and the answer is one object
   per face, largest first: `{"image": <index in the request>, "face": <index in the image>,
   "box": [x, y, width, height] (pixels of the photo), "expression": name, "probability": p,
   "probabilities": {name: p, ...}, "whole_image": bool}` (`whole_image`: no face was found, the
@@ -43,9 +43,10 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image
 
 from ferpipe.errors import shorten
+from ferpipe.faces import FaceDetector
 from ferpipe.inference import Classifier
 from ferpipe.params import TTA_MODES
-from ferpipe.predict import DEFAULT_TTA, FaceDetector, Predictor, load_gray
+from ferpipe.predictor import DEFAULT_TTA, Predictor, load_gray
 
 #: Artifact path of the serving model inside the run.
 SERVING_MODEL = "expression_model"
@@ -151,7 +152,7 @@ def photo_column(model_input: Any) -> list[Any] | None:
 
 def decode_photo(text: Any, name: str) -> np.ndarray:
     """The grayscale uint8 (H, W) pixels of a base64-encoded image file (PNG, JPEG, ... anything
-    Pillow reads), decoded by `ferpipe.predict.load_gray` as the predict command reads a file.
+    Pillow reads), decoded by `ferpipe.predictor.load_gray` as the predict command reads a file.
     A `data:...;base64,` prefix and whitespace (line breaks) are allowed.
 
     Raises:

@@ -22,13 +22,14 @@ from skimage import data as skdata
 from ferpipe import export, tracking
 from ferpipe.data import load_split, read_json, write_json
 from ferpipe.device import resolve_device
+from ferpipe.drawing import annotate
 from ferpipe.errors import run_main
 from ferpipe.handoffs import check_data_counts, check_train_summary
 from ferpipe.inference import Classifier, adjust_logits, predict_log_proba
 from ferpipe.metrics import classification_metrics, confidence_intervals, report_text
 from ferpipe.outputs import stage_outputs
 from ferpipe.params import TTA_MODES, Evaluate, load_params, stage_args
-from ferpipe.predict import Predictor, annotate
+from ferpipe.predictor import Predictor
 
 #: Post-hoc logit-adjustment strengths scored on val (with every TTA mode), so that
 #: evaluate.logit_adjustment and evaluate.tta are chosen on val, never on test.

@@ -209,7 +209,8 @@ def test_debug_shows_the_traceback(tmp_path):
 
 def test_predict_and_serving_default_to_the_headline_tta():
     """`ferpipe-predict` and the served model answer as the README's headline accuracy scores."""
-    from ferpipe.predict import DEFAULT_TTA, build_parser
+    from ferpipe.predict import build_parser
+    from ferpipe.predictor import DEFAULT_TTA
 
     assert DEFAULT_TTA == load_params(ROOT / "params.yaml").evaluate.tta
     assert build_parser().parse_args(["x.png"]).tta == DEFAULT_TTA

@@ -14,7 +14,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from ferpipe import tracking
-from ferpipe.predict import crop_face
+from ferpipe.faces import crop_face
 from tests.browser import render
 from tests.fakedata import face_like, make_image_folders, make_zip
 from tests.fakerepo import in_terminal, make_repo, read_csv, sh, store_runs

@@ -17,8 +17,10 @@ from skimage import data as skdata
 
 from ferpipe.data import CLASS_NAMES
 from ferpipe.device import StepContext
+from ferpipe.faces import FaceDetector, crop_face
 from ferpipe.inference import Classifier, predict_log_proba, tta_views
-from ferpipe.predict import FaceDetector, Predictor, crop_face, main
+from ferpipe.predict import main
+from ferpipe.predictor import Predictor
 from tests.fakedata import face_like, help_blocks, random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,7 +239,7 @@ def test_checkpoint_problems_are_one_line_naming_the_file(checkpoint, tmp_path, 
 def test_predict_decodes_photos_as_prepare_decodes_training_images(tmp_path):
     """One decode function: EXIF orientation and 16-bit scaling agree with prepare's."""
     from ferpipe.decode import decode_image
-    from ferpipe.predict import load_gray
+    from ferpipe.predictor import load_gray
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (48, 64), dtype=np.uint8)
@@ -447,7 +449,7 @@ def test_webcam_stops_at_max_frames_or_ctrl_c(checkpoint, video, tmp_path, capsy
     keeps the annotated video of the frames so far."""
     import cv2
 
-    import ferpipe.predict as predict
+    import ferpipe.video as video_io
 
     class Camera:
         def __init__(self, interrupt_at):
@@ -466,7 +468,7 @@ def test_webcam_stops_at_max_frames_or_ctrl_c(checkpoint, video, tmp_path, capsy
             self.cap.release()
 
     opened = []
-    monkeypatch.setattr(predict, "open_video", lambda source: opened.append(source) or Camera(
+    monkeypatch.setattr(video_io, "open_video", lambda source: opened.append(source) or Camera(
         interrupt_at=5 if len(opened) > 1 else None))
     assert main(["--webcam", "0", "--model", str(checkpoint), "--max-frames", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -491,7 +493,8 @@ def test_help_shows_every_options_default():
 
 def test_labels_are_readable_on_a_photo():
     """On a 512-pixel photo a 99-pixel face's label text is at least 15 pixels tall."""
-    from ferpipe.predict import Prediction, draw
+    from ferpipe.drawing import draw
+    from ferpipe.predictor import Prediction
 
     face = Prediction(file="p", face=0, box=(174, 64, 99, 99), expression="happy",
                       probability=0.9, probabilities={}, whole_image=False)

@@ -21,7 +21,7 @@ from skimage import data as skdata
 
 from ferpipe.data import CLASS_NAMES
 from ferpipe.inference import Classifier
-from ferpipe.predict import Predictor, load_gray
+from ferpipe.predictor import Predictor, load_gray
 from ferpipe.serving import ExpressionModel, log_serving_model, to_pixels
 from tests.fakedata import face_like, random_checkpoint
 from tests.servers import free_port, server_on
