@@ -65,14 +65,16 @@ def make_tar(folder: Path, tar_path: Path, prefix: str = "") -> Path:
 def stage_folder(folder: Path, n_train: int, n_test: int) -> dict[str, str]:
     """A folder to run the stage scripts in: a tiny archive at data/fer2013.zip (made from
     `folder/images`) and the project's params.yaml; returns the environment that runs them
-    (`PYTHONPATH` at this checkout)."""
+    (`PYTHONPATH` at this checkout, no MLFLOW_TRACKING_URI: the stages log to the folder's own
+    default store, whatever an earlier test left in the environment)."""
     import os
 
     make_image_folders(folder / "images", n_train=n_train, n_test=n_test)
     (folder / "data").mkdir()
     make_zip(folder / "images", folder / "data" / "fer2013.zip")
     (folder / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**env, "PYTHONPATH": str(ROOT)}
 
 
 def write_fer2013_csv(path: Path, rows: list[tuple[int | str, np.ndarray | str, str]]) -> Path:

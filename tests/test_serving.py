@@ -26,6 +26,8 @@ from ferpipe.serving import ExpressionModel, log_serving_model, to_pixels
 from tests.fakedata import face_like, random_checkpoint
 from tests.servers import free_port, server_on
 
+pytestmark = pytest.mark.xdist_group("serving")  # one worker: module-scoped fixtures (conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,16 +42,19 @@ def checkpoint(tmp_path_factory):
 def temp_store(folder: Path):
     """MLflow pointed at a SQLite store in `folder`, inside a run of a new experiment whose
     artifacts are in `folder` too; yields the store's URI. The previous tracking URI is
-    restored after."""
+    restored after, in `os.environ` too (this runs in module-scoped fixtures, outside the
+    per-test environment restore in conftest.py)."""
     store = f"sqlite:///{folder / 'mlflow.db'}"
-    previous = mlflow.get_tracking_uri()
+    saved = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri writes it there
     mlflow.set_tracking_uri(store)
     try:
         experiment = mlflow.create_experiment("serving", (folder / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=experiment):
             yield store
     finally:
-        mlflow.set_tracking_uri(previous)
+        mlflow.set_tracking_uri(saved)
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="module")
