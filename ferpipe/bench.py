@@ -19,8 +19,9 @@ optionally the time of a no-op `dvc repro`. Bare, pipeline and baseline are meas
 (`--rounds`) so drifting machine speed hits all three alike.
 
 It also prints the achieved TFLOP/s of the step (its FLOPs per image, counted by
-`torch.utils.flop_counter`, times the pipeline's images/s) beside the TFLOP/s of a 4096^3 bf16
-matrix product on the same device, the ceiling (`--no-ceiling` skips it).
+`torch.utils.flop_counter`, times the pipeline's images/s) beside the TFLOP/s of a 4096^3
+matrix product on the same device in the step's precision (bf16 where the step autocasts to it,
+fp32 where it runs fp32), the ceiling (`--no-ceiling` skips it).
 
 `--compare [SPEC ...]` measures several settings side by side instead, in turns: each SPEC is
 comma-separated `section.key=value` overrides of the params file (as `dvc exp run -S`; `default`
@@ -373,8 +374,9 @@ def compare(params: Params, specs: list[str], train: dict[str, np.ndarray], stat
 
     Each spec is a set of overrides of `params` (`with_overrides`; the first is the reference
     the speed-ups are relative to). Every round measures, for each setting in turn, `bare` and
-    `pipeline` images/s (as the plain benchmark), and the bf16 matrix-product ceiling
-    (`matmul_tflops`) once, so drifting machine speed hits all alike.
+    `pipeline` images/s (as the plain benchmark), and the matrix-product ceiling
+    (`matmul_tflops`, in the first setting's precision) once, so drifting machine speed hits all
+    alike.
 
     Args:
         train: the prepared training split (`images` uint8 (N, 48, 48), `labels` int64 (N,)).
@@ -384,7 +386,8 @@ def compare(params: Params, specs: list[str], train: dict[str, np.ndarray], stat
             compiles).
 
     Returns:
-        {"ceiling_bf16_tflops": median over rounds (absent with ceiling False), "rounds",
+        {"ceiling_tflops": median over rounds, "ceiling_precision" (both absent with ceiling
+         False), "rounds",
          "batches", "variants": [{"spec", "batch_size", "lr", "compile", "fused", "precision",
          "stem", "crop", "gflop_per_image", "bare_images_per_s", "pipeline_images_per_s"
          (medians over rounds), "step_tflops" (pipeline images/s x FLOPs per image),
@@ -402,7 +405,7 @@ def compare(params: Params, specs: list[str], train: dict[str, np.ndarray], stat
                               f"{batches + WARMUP} batches is more than the "
                               f"{len(train['labels'])} training images; use fewer --batches")
         setups.append((spec, Setup(variant, train["labels"], stats["mean"], stats["std"])))
-    device = setups[0][1].device
+    device, amp = setups[0][1].device, setups[0][1].amp
     images = torch.from_numpy(train["images"]).to(device)
     labels = torch.from_numpy(train["labels"]).to(device)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -417,7 +420,7 @@ def compare(params: Params, specs: list[str], train: dict[str, np.ndarray], stat
     late = False
     for r in range(rounds):
         if ceiling:
-            figures["ceiling"].append(matmul_tflops(device))
+            figures["ceiling"].append(matmul_tflops(device, amp))
         for i, (_, setup) in enumerate(setups):
             late = deadline is not None and time.monotonic() > deadline
             if late:
@@ -431,7 +434,8 @@ def compare(params: Params, specs: list[str], train: dict[str, np.ndarray], stat
             f"[{spec or 'params file'}] bare {figures[f'bare{i}'][-1]:.1f}, pipeline "
             f"{figures[f'pipeline{i}'][-1]:.1f}" for i, (spec, _) in enumerate(setups)
             if figures[f"pipeline{i}"])
-            + (f" images/s | bf16 matmul {figures['ceiling'][-1]:.3f} TFLOP/s" if ceiling
+            + (f" images/s | {precision_name(amp)} matmul {figures['ceiling'][-1]:.3f} TFLOP/s"
+               if ceiling
                else ""), flush=True)
         if late:
             break
@@ -439,7 +443,7 @@ def compare(params: Params, specs: list[str], train: dict[str, np.ndarray], stat
                               "threads": torch.get_num_threads()}
     top = float(np.median(figures["ceiling"])) if ceiling else None
     if ceiling:
-        result["ceiling_bf16_tflops"] = top
+        result["ceiling_tflops"], result["ceiling_precision"] = top, precision_name(amp)
     rows = []
     for i, (spec, setup) in enumerate(setups):
         if not figures[f"pipeline{i}"]:
@@ -468,7 +472,8 @@ def compare(params: Params, specs: list[str], train: dict[str, np.ndarray], stat
               f"{row['pipeline_images_per_s']:8.1f} {row['gflop_per_image']:6.2f} "
               f"{row['step_tflops']:7.3f} {share:>7} {row['speedup']:7.2f}x")
     if top:
-        print(f"ceiling: bf16 {4096}^3 matrix product {top:.3f} TFLOP/s on {device}")
+        print(f"ceiling: {precision_name(amp)} {4096}^3 matrix product {top:.3f} TFLOP/s on "
+              f"{device}")
     return result
 
 
@@ -626,7 +631,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                    help="overrides of the params file for the plain benchmark and --profile, "
                         "as a --compare SPEC (e.g. train.fused=false)")
     p.add_argument("--no-ceiling", action="store_true",
-                   help="skip the bf16 matrix-product ceiling (seconds per round)")
+                   help="skip the matrix-product ceiling (seconds per round)")
     p.add_argument("--predict", action="store_true",
                    help="measure the predict command's latency per photo instead")
     p.add_argument("--model", type=Path, default=Path("models/model.pt"),
@@ -745,8 +750,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         result["gflop_per_image"] = flops / 1e9
         result["step_tflops"] = result["pipeline_images_per_s"] * flops / 1e12
         if not args.no_ceiling:
-            result["ceiling_bf16_tflops"] = matmul_tflops(s.device)
-            result["share_of_ceiling"] = result["step_tflops"] / result["ceiling_bf16_tflops"]
+            result["ceiling_tflops"] = matmul_tflops(s.device, s.amp)
+            result["ceiling_precision"] = precision_name(s.amp)
+            result["share_of_ceiling"] = result["step_tflops"] / result["ceiling_tflops"]
         result["train_loop_peak_rss_mb"] = round(rss_mb, 1)
     finally:
         if loader_iter is not None:

@@ -13,8 +13,8 @@ out), within about 8 minutes by default:
 2. data: the download, prepare and stats stages on the FER2013 archive, in a temporary folder;
 3. bench: `ferpipe.bench.compare` of the settings in `BENCH_SPECS` (the old and the new default,
    compiled or not, the GPU recipe's stem and crop, its mixup/CutMix and EMA, a larger batch)
-   with the bf16 matrix-product ceiling, until `--bench-seconds` are spent; the per-image
-   DataLoader baseline for the default; epoch seconds from the images/s;
+   with the matrix-product ceiling (in the default's precision), until `--bench-seconds` are
+   spent; the per-image DataLoader baseline for the default; epoch seconds from the images/s;
 4. syncs (CUDA only): host syncs per epoch of `train_one_epoch` with the GPU recipe's options on,
    counted with `torch.cuda.set_sync_debug_mode`, for two epoch lengths (they must not grow with
    the steps);
