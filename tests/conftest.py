@@ -1,4 +1,9 @@
-"""Shared test set-up: every test starts with the environment the session started with."""
+"""Shared test set-up: every test starts with the environment the session started with.
+
+The tests run on every core (pytest-xdist, `--dist loadgroup` in pyproject.toml): each test goes
+to whichever worker is free, except that the tests of a module marked
+`pytestmark = pytest.mark.xdist_group(...)` all run on one worker, so that its module-scoped
+fixtures (a trained tiny pipeline, a running server) are built once."""
 
 import os
 
