@@ -40,7 +40,15 @@ from ferpipe.drawing import annotate
 from ferpipe.errors import FerpipeError
 from ferpipe.faces import FaceDetector
 from ferpipe.params import TTA_MODES
-from ferpipe.predictor import DEFAULT_MODEL, DEFAULT_TTA, Prediction, Predictor, load_classifier, read_image
+from ferpipe.predictor import (
+    DEFAULT_MODEL,
+    DEFAULT_TTA,
+    Prediction,
+    Predictor,
+    default_model,
+    load_classifier,
+    read_image,
+)
 from ferpipe.video import VIDEO_SUFFIXES, FramePrediction, csv_header, csv_row, predict_video
 
 #: Files taken from a folder argument (a file named explicitly is always tried).
@@ -97,9 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("paths", nargs="*", default=argparse.SUPPRESS,
                         help="image files, video files (" + " ".join(sorted(VIDEO_SUFFIXES))
                              + ") or folders (their images); none with --webcam")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
+    parser.add_argument("--model", default=None,
                         help="checkpoint file, ONNX file (.onnx, run with onnxruntime), or MLflow "
-                             "URI models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>")
+                             "URI models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>"
+                             f" (default: {DEFAULT_MODEL} if it exists, else the released model "
+                             "shipped in the package; a line on stderr says which)")
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line, instead of a table (images) or CSV "
                              "(videos)")
@@ -158,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         detector = FaceDetector(min_size=args.min_face, max_side=args.max_side,
                                 small_side=args.small_faces)
+        if args.model is None:
+            args.model, which = default_model()
+            print(which, file=sys.stderr)
         predictor = Predictor(load_classifier(args.model), detector,
                               margin=args.margin, tta=args.tta, tta_crop=args.tta_crop)
     except (OSError, ValueError, RuntimeError, FerpipeError) as err:

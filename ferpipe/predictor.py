@@ -24,7 +24,38 @@ from ferpipe.inference import Classifier
 DEFAULT_TTA = "hflip"
 
 
+#: The train stage's checkpoint: the model `ferpipe-predict` uses when it exists (relative to
+#: the current folder, the repo root).
 DEFAULT_MODEL = "models/model.pt"
+
+
+def default_model() -> tuple[str, str]:
+    """The model to use when none is named: `DEFAULT_MODEL` when that file exists (a run of the
+    pipeline here), else the released model shipped in the package (`ferpipe.release`).
+
+    Returns:
+        (the model reference for `load_classifier`, a one-line description of it for stderr).
+
+    Raises:
+        CheckpointError: neither exists (an install without the released model, before any run).
+    """
+    from ferpipe.errors import CheckpointError
+    from ferpipe.release import RELEASED_INFO, RELEASED_MODEL, read_info
+
+    if Path(DEFAULT_MODEL).is_file():
+        return DEFAULT_MODEL, f"model: {DEFAULT_MODEL} (the train stage's checkpoint)"
+    if RELEASED_MODEL.is_file():
+        info = read_info(RELEASED_INFO) or {}
+        test = (info.get("test") or {}).get("accuracy_released")
+        about = ", ".join(part for part in (
+            f"test accuracy {100 * test:.2f}%" if test is not None else "",
+            f"commit {info['commit'][:7]}" if info.get("commit") else "") if part)
+        return str(RELEASED_MODEL), (f"model: the released model {RELEASED_MODEL}"
+                                     + (f" ({about})" if about else "")
+                                     + f"; {DEFAULT_MODEL} not found")
+    raise CheckpointError(f"{DEFAULT_MODEL}: checkpoint not found and this install has no "
+                          f"released model ({RELEASED_MODEL}); train one (dvc repro) or pass "
+                          f"--model")
 
 
 def load_gray(path: Path | BinaryIO) -> tuple[np.ndarray, np.ndarray]:

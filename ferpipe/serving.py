@@ -42,11 +42,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image
 
-from ferpipe.errors import shorten
+from ferpipe.errors import OutputError, shorten
 from ferpipe.faces import FaceDetector
-from ferpipe.inference import Classifier
 from ferpipe.params import TTA_MODES
-from ferpipe.predictor import DEFAULT_TTA, Predictor, load_gray
+from ferpipe.predictor import DEFAULT_TTA, Predictor, default_model, load_classifier, load_gray
 
 #: Artifact path of the serving model inside the run.
 SERVING_MODEL = "expression_model"
@@ -77,14 +76,15 @@ class BadRequest(MlflowException):
 
 
 class ExpressionModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper of a train-stage checkpoint (logged as the artifact `checkpoint`);
+    """pyfunc wrapper of a train-stage checkpoint or an ONNX export of one, such as the released
+    model (the artifact `checkpoint`, a `.pt` or `.onnx` file);
     `default_tta` is the TTA of a request without `params.tta`."""
 
     def __init__(self, default_tta: str = DEFAULT_TTA) -> None:
         self.default_tta = default_tta
 
     def load_context(self, context: Any) -> None:
-        self.classifier = Classifier.from_checkpoint(context.artifacts["checkpoint"])
+        self.classifier = load_classifier(context.artifacts["checkpoint"])  # .pt or .onnx
         self.local = threading.local()  # a face detector per serving thread (OpenCV's cascade
         # is not documented as safe to share between threads)
 
@@ -229,12 +229,54 @@ def log_serving_model(checkpoint: str | Path, example: np.ndarray, tta: str = DE
     info = mlflow.pyfunc.log_model(
         name=SERVING_MODEL, python_model=ExpressionModel(tta),
         artifacts={"checkpoint": str(checkpoint)}, code_paths=[str(package)],
-        input_example=example, signature=signature,
-        pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={_version('torch')}",
-                          f"torchvision=={_version('torchvision')}", "numpy", "pandas",
-                          f"pillow=={_version('pillow')}",
-                          f"opencv-python-headless=={_version('opencv-python-headless')}"])
+        input_example=example, signature=signature, pip_requirements=_requirements(False))
     return info.model_uri
+
+
+def _requirements(onnx: bool) -> list[str]:
+    """The served model's pip requirements (the versions installed here)."""
+    return ([f"mlflow=={mlflow.__version__}", f"torch=={_version('torch')}",
+             f"torchvision=={_version('torchvision')}", "numpy", "pandas",
+             f"pillow=={_version('pillow')}",
+             f"opencv-python-headless=={_version('opencv-python-headless')}"]
+            + ([f"onnxruntime=={_version('onnxruntime')}"] if onnx else []))
+
+
+def save_serving_model(dest: str | Path, model: str | Path | None = None,
+                       tta: str = DEFAULT_TTA) -> tuple[Path, str]:
+    """Save the serving pyfunc of `model` as an MLflow model folder at `dest`, for
+    `mlflow models serve -m DEST` without a tracking store (no run, no registry).
+
+    Args:
+        model: a checkpoint or ONNX file; None: `models/model.pt` if it exists, else the
+            released model (`ferpipe.predictor.default_model`).
+
+    Returns:
+        (dest, a one-line description of the model saved).
+
+    Raises:
+        OutputError: `dest` exists (MLflow writes a new folder; nothing is replaced).
+        CheckpointError: no model given and neither default exists, or one that cannot be loaded.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec
+
+    dest = Path(dest)
+    if dest.exists():
+        raise OutputError(f"{dest}: exists; expected a new folder for the MLflow model")
+    which = f"model: {model}"
+    if model is None:
+        model, which = default_model()
+    classifier = load_classifier(str(model))  # a bad file fails here, before MLflow writes
+    size = classifier.image_size
+    example = np.stack([np.full((size, size), 128.0),
+                        np.tile(np.linspace(0, 255, size), (size, 1))]).astype(np.float32)
+    signature = ModelSignature(params=ParamSchema([ParamSpec("tta", "string", tta)]))
+    mlflow.pyfunc.save_model(
+        str(dest), python_model=ExpressionModel(tta), artifacts={"checkpoint": str(model)},
+        code_paths=[str(Path(__file__).resolve().parent)], input_example=example,
+        signature=signature, pip_requirements=_requirements(str(model).endswith(".onnx")))
+    return dest, which
 
 
 def _version(package: str) -> str:
@@ -255,3 +297,30 @@ def register(model_uri: str, name: str, alias: str, tags: dict[str, str]) -> str
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     return str(version)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m ferpipe.serving DEST [--model M]`: save the serving model as an MLflow model
+    folder (see `save_serving_model`), then `mlflow models serve -m DEST`."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        description="Save the served model as an MLflow model folder, to serve without a "
+                    "tracking store: mlflow models serve -m DEST --env-manager local.")
+    parser.add_argument("dest", type=Path, help="the MLflow model folder to write (new)")
+    parser.add_argument("--model", default=None,
+                        help="checkpoint or ONNX file (default: models/model.pt if it exists, "
+                             "else the released model)")
+    parser.add_argument("--tta", choices=TTA_MODES, default=DEFAULT_TTA,
+                        help="the TTA of a request that names none")
+    args = parser.parse_args(argv)
+    dest, which = save_serving_model(args.dest, args.model, args.tta)
+    print(which, file=sys.stderr)
+    print(f"wrote {dest}; serve it with: mlflow models serve -m {dest} --env-manager local")
+
+
+if __name__ == "__main__":
+    from ferpipe.errors import run_main
+
+    run_main(main)

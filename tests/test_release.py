@@ -1,0 +1,222 @@
+"""The released model: float16 storage of an ONNX export, its accuracy guard against the
+checkpoint, the replace-only-when-better rule, the default-model choice of `ferpipe-predict`
+and of the served model, and (when the package ships one) the released file itself."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from ferpipe import release as rel
+from ferpipe.data import save_split
+from ferpipe.errors import CheckpointError
+from ferpipe.export import check_images, export_onnx, load_onnx_classifier
+from ferpipe.inference import Classifier
+from ferpipe.predict import main as predict_main
+from ferpipe.predictor import DEFAULT_MODEL, default_model
+from ferpipe.serving import save_serving_model
+from tests.fakedata import face_like
+from tests.test_export import make_checkpoint
+
+pytestmark = pytest.mark.xdist_group("release")  # one worker: module-scoped fixtures (conftest.py)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("release") / "model.pt", seed=3)
+
+
+@pytest.fixture(scope="module")
+def prepared(checkpoint, tmp_path_factory):
+    """A prepared folder (val.npz, test.npz) whose labels are the checkpoint's own hflip
+    predictions on 60 of 80 face-like images and other classes on the rest, so the checkpoint
+    scores exactly 75% and a released model that disagrees on any image scores differently."""
+    folder = tmp_path_factory.mktemp("prepared")
+    full = Classifier.from_checkpoint(checkpoint)
+    rng = np.random.default_rng(0)
+    for name in ("val", "test"):
+        images = np.stack([face_like(i % 7, rng) for i in range(80)])
+        labels = full.predict(images, tta="hflip").argmax(1)
+        labels[60:] = (labels[60:] + 1) % 7
+        save_split({"images": images, "labels": labels.astype(np.int64),
+                    "files": np.array([f"{name}_{i}.png" for i in range(80)])},
+                   folder / f"{name}.npz")
+    return folder
+
+
+def test_half_storage_computes_as_the_export_with_rounded_weights(checkpoint, tmp_path):
+    """The float16-stored graph gives onnxruntime the export's weights rounded to float16 and
+    computes in float32: its logits equal those of the fp32 export whose weights were rounded
+    in place (same graph, no casts), within float32 rounding; they differ from the unrounded
+    export's by float16 rounding only; the file is about half the size."""
+    from onnx import numpy_helper
+
+    full_path = export_onnx(checkpoint, tmp_path / "full.onnx")
+    proto = rel.half_storage(onnx.load(full_path))
+    half_path = tmp_path / "half.onnx"
+    onnx.save(proto, half_path)
+    assert 0.48 < half_path.stat().st_size / full_path.stat().st_size < 0.52
+    big = [i for i in proto.graph.initializer if int(np.prod(i.dims)) >= rel.MIN_HALF_ELEMENTS]
+    assert big and all(i.data_type == onnx.TensorProto.FLOAT16 for i in big)
+    assert [i.type.tensor_type.elem_type for i in proto.graph.input] == [onnx.TensorProto.FLOAT]
+    assert [o.type.tensor_type.elem_type for o in proto.graph.output] == [onnx.TensorProto.FLOAT]
+
+    rounded = onnx.load(full_path)
+    for init in rounded.graph.initializer:
+        w = numpy_helper.to_array(init)
+        if w.dtype == np.float32 and w.size >= rel.MIN_HALF_ELEMENTS:
+            init.CopyFrom(numpy_helper.from_array(w.astype(np.float16).astype(np.float32),
+                                                  init.name))
+    onnx.save(rounded, tmp_path / "rounded.onnx")
+    x = torch.as_tensor(np.random.default_rng(0).normal(size=(10, 1, 40, 40)), dtype=torch.float32)
+    got = load_onnx_classifier(half_path).model(x).numpy()
+    same = load_onnx_classifier(tmp_path / "rounded.onnx").model(x).numpy()
+    full = load_onnx_classifier(full_path).model(x).numpy()
+    np.testing.assert_allclose(got, same, rtol=1e-5, atol=1e-5)
+    error = np.abs(full - got).max()
+    assert 1e-5 < error < 0.01 * np.abs(full).max()  # the rounding shows, and is small
+
+
+def test_release_writes_the_model_and_its_record(checkpoint, prepared, tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": "a" * 32}))
+    info = rel.release(checkpoint, prepared, tmp_path / "released", run_ref=tmp_path / "run.json")
+    folder = tmp_path / "released"
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.onnx"]  # no temps
+    assert json.loads((folder / "model.json").read_text()) == info
+    assert info["sha256"] == rel.sha256(folder / "model.onnx")
+    assert info["bytes"] == (folder / "model.onnx").stat().st_size <= rel.MAX_BYTES
+    assert info["run_id"] == "a" * 32 and info["tta"] == "hflip"
+    assert info["checkpoint_sha256"] == rel.sha256(checkpoint)
+    assert info["params"]["model"]["stem"] == "standard"
+    for split in ("val", "test"):
+        assert info[split]["images"] == 80
+        assert info[split]["accuracy_full"] == pytest.approx(0.75)
+        assert info[split]["accuracy_released"] >= 0.75 - rel.MAX_DROP_POINTS / 100
+
+
+def test_a_release_that_does_not_improve_on_val_leaves_the_released_model(
+        checkpoint, prepared, tmp_path):
+    folder = tmp_path / "released"
+    rel.release(checkpoint, prepared, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(rel.ReleaseError, match=r"does not improve on the released model's "
+                                               r"7\d\.\d\d%.*--force"):
+        rel.release(checkpoint, prepared, folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    record = json.loads(before["model.json"])
+    record["val"]["accuracy_released"] = 0.5  # an older, worse release: replaced
+    (folder / "model.json").write_text(json.dumps(record))
+    assert rel.release(checkpoint, prepared, folder)["val"]["accuracy_released"] > 0.5
+    rel.release(checkpoint, prepared, folder, force=True)  # --force: replaced regardless
+
+
+def test_a_lossy_conversion_is_refused_and_writes_nothing(checkpoint, prepared, tmp_path):
+    """A conversion that costs accuracy (here: weights rounded to 2 significant bits) is refused
+    with one message naming the split and the drop; the destination stays empty."""
+    def lossy(proto):
+        from onnx import numpy_helper
+
+        for init in proto.graph.initializer:
+            w = numpy_helper.to_array(init)
+            if w.dtype == np.float32 and w.size >= 1024:
+                m, e = np.frexp(w)
+                init.CopyFrom(numpy_helper.from_array(np.ldexp(np.round(m * 2) / 2, e), init.name))
+        return proto
+
+    folder = tmp_path / "released"
+    with pytest.raises(rel.ReleaseError, match=r"on val against the checkpoint's 75\.00% "
+                                               r"\(\d+\.\d\d points lower; at most 0\.3"):
+        rel.release(checkpoint, prepared, folder, convert=lossy)
+    assert list(folder.iterdir()) == []
+
+
+def test_release_checks_its_inputs_before_exporting(checkpoint, tmp_path):
+    with pytest.raises(Exception, match=r"val\.npz: prepared split not found"):
+        rel.release(checkpoint, tmp_path / "nothing", tmp_path / "released")
+    assert not (tmp_path / "released").exists()
+    (tmp_path / "released").mkdir()
+    (tmp_path / "released" / "model.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="not a released-model record"):
+        rel.read_info(tmp_path / "released" / "model.json")
+
+
+@pytest.fixture()
+def shipped(checkpoint, prepared, tmp_path, monkeypatch):
+    """A released model in a temp folder standing in for the package's, and a cwd without
+    models/model.pt."""
+    folder = tmp_path / "released"
+    rel.release(checkpoint, prepared, folder)
+    monkeypatch.setattr(rel, "RELEASED_MODEL", folder / "model.onnx")
+    monkeypatch.setattr(rel, "RELEASED_INFO", folder / "model.json")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return folder
+
+
+def test_predict_uses_the_checkpoint_when_there_is_one_else_the_released_model(
+        shipped, checkpoint, capsys):
+    photo = Path("astronaut.png")
+    Image.fromarray(skdata.astronaut()).save(photo)
+    assert predict_main([str(photo), "--json"]) == 0
+    out, err = capsys.readouterr()
+    info = json.loads((shipped / "model.json").read_text())
+    assert err.strip() == (f"model: the released model {shipped / 'model.onnx'} (test accuracy "
+                           f"{100 * info['test']['accuracy_released']:.2f}%, commit "
+                           f"{info['commit'][:7]}); {DEFAULT_MODEL} not found")
+    released_answer = json.loads(out)
+    assert predict_main([str(photo), "--json", "--model", str(shipped / "model.onnx")]) == 0
+    assert json.loads(capsys.readouterr().out) == released_answer
+
+    Path("models").mkdir()
+    Path(DEFAULT_MODEL).write_bytes(Path(checkpoint).read_bytes())
+    assert predict_main([str(photo), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert err.strip() == f"model: {DEFAULT_MODEL} (the train stage's checkpoint)"
+    answer = json.loads(out)
+    assert answer["box"] == released_answer["box"]
+    assert answer["probabilities"] == pytest.approx(released_answer["probabilities"], abs=0.02)
+
+
+def test_without_either_model_predict_says_what_to_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(rel, "RELEASED_MODEL", tmp_path / "none.onnx")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="no released model"):
+        default_model()
+    Image.fromarray(skdata.astronaut()).save("a.png")
+    assert predict_main(["a.png"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {DEFAULT_MODEL}: checkpoint not found and this install has no released model "
+        f"({tmp_path / 'none.onnx'}); train one (dvc repro) or pass --model")
+
+
+def test_the_served_model_folder_of_the_released_model_answers_as_predict(shipped, tmp_path):
+    dest, which = save_serving_model(tmp_path / "served")
+    assert which.startswith("model: the released model")
+    served = mlflow.pyfunc.load_model(str(dest))
+    crops = np.stack([face_like(i, np.random.default_rng(i)) for i in range(3)]).astype(np.float32)
+    got = served.predict(crops)
+    expected = load_onnx_classifier(shipped / "model.onnx").predict(crops.astype(np.uint8),
+                                                                     tta="hflip")
+    np.testing.assert_allclose(got.to_numpy(), expected, atol=1e-6)
+    with pytest.raises(Exception, match="exists; expected a new folder"):
+        save_serving_model(dest)
+
+
+@pytest.mark.skipif(not rel.RELEASED_MODEL.is_file(), reason="this checkout ships no released model")
+def test_the_shipped_released_model_is_the_one_its_record_describes():
+    info = rel.read_info()
+    assert rel.sha256(rel.RELEASED_MODEL) == info["sha256"]
+    assert rel.RELEASED_MODEL.stat().st_size == info["bytes"] <= rel.MAX_BYTES
+    for split in ("val", "test"):
+        s = info[split]
+        assert 100 * (s["accuracy_full"] - s["accuracy_released"]) <= rel.MAX_DROP_POINTS
+    classifier = load_onnx_classifier(rel.RELEASED_MODEL)
+    probs = classifier.predict(check_images(classifier.image_size)[:1], tta="hflip")
+    assert classifier.class_names[int(probs.argmax())] == "happy"  # the astronaut smiles
