@@ -55,6 +55,31 @@ def classification_metrics(logits: np.ndarray | torch.Tensor, labels: np.ndarray
     }
 
 
+def batched_accuracy(labels: np.ndarray, pred: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Accuracy along `axis` of int arrays of one shape (..., N): float64 (...,). Equal to
+    scikit-learn's `accuracy_score` on each 1-D slice (tested); what `confidence_intervals`
+    computes on all bootstrap resamples at once."""
+    return np.mean(np.asarray(labels) == np.asarray(pred), axis=axis)
+
+
+def batched_macro_f1(labels: np.ndarray, pred: np.ndarray, n_classes: int, axis: int = -1
+                     ) -> np.ndarray:
+    """Macro-F1 over classes 0..n_classes-1 along `axis` of int arrays of one shape (..., N):
+    float64 (...,). Per class F1 = 2 TP / (true count + predicted count), 0 where both are 0;
+    equal to scikit-learn's `f1_score(..., labels=range(C), average="macro", zero_division=0)`
+    on each 1-D slice (tested), without its per-call checks, which made 1,000 bootstrap
+    resamples take seconds."""
+    labels = np.moveaxis(np.asarray(labels), axis, -1)
+    pred = np.moveaxis(np.asarray(pred), axis, -1)
+    f1 = []
+    for c in range(n_classes):
+        true, guessed = labels == c, pred == c
+        tp = np.sum(true & guessed, axis=-1)
+        denominator = np.sum(true, axis=-1) + np.sum(guessed, axis=-1)
+        f1.append(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0))
+    return np.mean(f1, axis=0)
+
+
 def confidence_intervals(labels: np.ndarray, pred: np.ndarray, n_classes: int,
                          confidence: float = 0.95, resamples: int = 1000,
                          seed: int = 0) -> dict[str, Any]:
@@ -85,16 +110,12 @@ def confidence_intervals(labels: np.ndarray, pred: np.ndarray, n_classes: int,
     if labels.shape != pred.shape or labels.ndim != 1 or len(labels) < 2:
         raise ValueError(f"confidence_intervals: labels {labels.shape} and predictions "
                          f"{pred.shape} must be the same 1-D length of at least 2")
-    classes = list(range(n_classes))
-    statistics = {
-        "accuracy": lambda y, p: accuracy_score(y, p),
-        "macro_f1": lambda y, p: f1_score(y, p, labels=classes, average="macro",
-                                          zero_division=0),
-    }
+    statistics = {"accuracy": batched_accuracy,
+                  "macro_f1": lambda y, p, axis=-1: batched_macro_f1(y, p, n_classes, axis)}
     out: dict[str, Any] = {"confidence": confidence, "resamples": resamples, "seed": seed,
                            "method": "percentile"}
     for name, statistic in statistics.items():
-        result = bootstrap((labels, pred), statistic, paired=True, vectorized=False,
+        result = bootstrap((labels, pred), statistic, paired=True, vectorized=True,
                            n_resamples=resamples, confidence_level=confidence,
                            method="percentile", rng=np.random.default_rng(seed))
         out[name] = [float(result.confidence_interval.low),

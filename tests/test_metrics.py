@@ -97,6 +97,27 @@ def test_interval_narrows_with_more_images_and_with_a_lower_level():
     assert narrow["accuracy"][1] - narrow["accuracy"][0] < width["small"] / 2
 
 
+def test_batched_scores_equal_scikit_learn_on_every_resample():
+    """The vectorized accuracy and macro-F1 the bootstrap uses equal scikit-learn's on each row,
+    including rows where a class is absent from labels, predictions or both."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from ferpipe.metrics import batched_accuracy, batched_macro_f1
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 7, (200, 12))
+    pred = np.where(rng.random((200, 12)) < 0.5, labels, rng.integers(0, 7, (200, 12)))
+    labels[0], pred[0] = 2, 2  # one class only, in both
+    labels[1], pred[1] = 0, 5  # disjoint classes
+    f1 = batched_macro_f1(labels, pred, 7)
+    accuracy = batched_accuracy(labels, pred)
+    for row in range(200):
+        assert f1[row] == pytest.approx(f1_score(labels[row], pred[row], labels=list(range(7)),
+                                                 average="macro", zero_division=0), abs=1e-12)
+        assert accuracy[row] == pytest.approx(accuracy_score(labels[row], pred[row]), abs=1e-12)
+    assert batched_macro_f1(labels.T, pred.T, 7, axis=0) == pytest.approx(f1, abs=1e-12)
+
+
 def test_interval_is_reproducible_from_its_seed():
     labels, pred = predictions(500, 0.6)
     assert confidence_intervals(labels, pred, 7) == confidence_intervals(labels, pred, 7)
