@@ -8,6 +8,7 @@ fetching code.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -133,6 +134,15 @@ def pixel_stats(images: np.ndarray) -> dict[str, float]:
     mean = float((hist * values).sum() / n)
     var = float((hist * (values - mean) ** 2).sum() / n)
     return {"mean": mean, "std": var ** 0.5, "pixels": int(n)}
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(obj: dict, path: str | Path) -> None:

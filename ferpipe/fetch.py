@@ -5,14 +5,13 @@ checks; then `fetch_raw`, the download stage's whole job, which normalizes it in
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
 
-from ferpipe.data import RAW_ARCHIVE
+from ferpipe.data import RAW_ARCHIVE, sha256_of
 from ferpipe.errors import DataError, OutputError
 from ferpipe.outputs import Outputs, output_conflicts, stage_outputs
 from ferpipe.params import REMOTE_SOURCES
@@ -23,15 +22,6 @@ from ferpipe.sources import (
     check_archive,
     write_raw_archive,
 )
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_sha256(path: Path, expected: str | None, if_wrong: str) -> None:

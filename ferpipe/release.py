@@ -16,7 +16,6 @@ not grow with every retrain; `--force` replaces it anyway).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ferpipe.data import sha256_of
 from ferpipe.errors import CheckpointError, FerpipeError
 
 #: Where the released model lives: package data, installed with the package.
@@ -75,15 +75,6 @@ def half_storage(proto, min_elements: int = MIN_HALF_ELEMENTS):
     graph.node.extend(nodes)
     onnx.checker.check_model(proto)
     return proto
-
-
-def sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def accuracy(classifier, split: dict[str, np.ndarray], tta: str) -> float:
@@ -184,10 +175,10 @@ def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = REL
         run_id = None
         if run_ref is not None and Path(run_ref).is_file():
             run_id = json.loads(Path(run_ref).read_text()).get("run_id")
-        info = {"commit": git_commit(), "run_id": run_id, "checkpoint_sha256": sha256(checkpoint),
+        info = {"commit": git_commit(), "run_id": run_id, "checkpoint_sha256": sha256_of(Path(checkpoint)),
                 "epoch": ckpt.get("epoch"), "tta": tta,
                 "params": {k: params[k] for k in ("model", "augment", "train") if k in params},
-                "file": RELEASED_MODEL.name, "sha256": sha256(onnx_path), "bytes": size,
+                "file": RELEASED_MODEL.name, "sha256": sha256_of(onnx_path), "bytes": size,
                 "weights": "float16 storage, float32 compute", **scores}
         info_tmp = Path(tmp) / RELEASED_INFO.name
         info_tmp.write_text(json.dumps(info, indent=2) + "\n")

@@ -14,7 +14,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from ferpipe import release as rel
-from ferpipe.data import save_split
+from ferpipe.data import save_split, sha256_of
 from ferpipe.errors import CheckpointError
 from ferpipe.export import check_images, export_onnx, load_onnx_classifier
 from ferpipe.inference import Classifier
@@ -89,10 +89,10 @@ def test_release_writes_the_model_and_its_record(checkpoint, prepared, tmp_path)
     folder = tmp_path / "released"
     assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.onnx"]  # no temps
     assert json.loads((folder / "model.json").read_text()) == info
-    assert info["sha256"] == rel.sha256(folder / "model.onnx")
+    assert info["sha256"] == sha256_of(folder / "model.onnx")
     assert info["bytes"] == (folder / "model.onnx").stat().st_size <= rel.MAX_BYTES
     assert info["run_id"] == "a" * 32 and info["tta"] == "hflip"
-    assert info["checkpoint_sha256"] == rel.sha256(checkpoint)
+    assert info["checkpoint_sha256"] == sha256_of(checkpoint)
     assert info["params"]["model"]["stem"] == "standard"
     for split in ("val", "test"):
         assert info[split]["images"] == 80
@@ -212,7 +212,7 @@ def test_the_served_model_folder_of_the_released_model_answers_as_predict(shippe
 @pytest.mark.skipif(not rel.RELEASED_MODEL.is_file(), reason="this checkout ships no released model")
 def test_the_shipped_released_model_is_the_one_its_record_describes():
     info = rel.read_info()
-    assert rel.sha256(rel.RELEASED_MODEL) == info["sha256"]
+    assert sha256_of(rel.RELEASED_MODEL) == info["sha256"]
     assert rel.RELEASED_MODEL.stat().st_size == info["bytes"] <= rel.MAX_BYTES
     for split in ("val", "test"):
         s = info[split]
