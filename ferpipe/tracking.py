@@ -275,15 +275,27 @@ def setup(experiment: str) -> str:
 
     The experiment is tagged EXPERIMENT_KIND (also an existing one that lacks the tag) and
     holds the runs-table view of `share_table_view`."""
+    from mlflow.exceptions import MlflowException
+
     mlflow.set_tracking_uri(tracking_uri())
     with _store_lock():  # the first connection creates the tables: one process at a time
         found = mlflow.get_experiment_by_name(experiment)
+        if found is None:
+            try:
+                exp_id = mlflow.create_experiment(experiment, artifact_location=artifact_location(
+                    experiment), tags=EXPERIMENT_KIND)
+            except MlflowException as err:
+                # Another process created it since the lookup: two queued experiments starting
+                # at once on a fresh tracking server (the SQLite lock above covers only SQLite).
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                found = mlflow.get_experiment_by_name(experiment)
+                if found is None:
+                    raise
         if found is not None:
             exp_id = found.experiment_id
             missing = {k: v for k, v in EXPERIMENT_KIND.items() if found.tags.get(k) != v}
         else:
-            exp_id = mlflow.create_experiment(experiment, artifact_location=artifact_location(
-                experiment), tags=EXPERIMENT_KIND)
             missing = {}
         for key, value in missing.items():
             mlflow.MlflowClient().set_experiment_tag(exp_id, key, value)
