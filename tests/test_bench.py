@@ -142,7 +142,7 @@ def test_step_flops_counts_the_model_and_the_ceiling_is_a_rate():
     x = torch.randint(0, 256, (4, 48, 48), dtype=torch.uint8)
     # The default: 3x3 stem, 40-pixel crops; forward ~0.48 GFLOP, backward twice that.
     assert step_flops(s, x, torch.from_numpy(labels[:4])) == pytest.approx(1.44e9, rel=0.02)
-    assert 0.001 < matmul_tflops(torch.device("cpu"), n=256, repeats=1) < 1000
+    assert 0.001 < matmul_tflops(torch.device("cpu"), n=256, repeats=3) < 1000  # best of 3
 
 
 def test_predict_latency_figures(tmp_path):
