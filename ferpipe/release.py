@@ -134,7 +134,7 @@ def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = REL
     from ferpipe.export import export_onnx, load_onnx_classifier
     from ferpipe.inference import Classifier
     from ferpipe.predictor import DEFAULT_TTA
-    from ferpipe.tracking import git_commit
+    from ferpipe.tracking import git_commit, read_run_record
 
     dest, prepared = Path(dest), Path(prepared)
     splits = {name: load_split(prepared / f"{name}.npz") for name in ("val", "test")}
@@ -174,7 +174,7 @@ def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = REL
                     f"replaces it anyway)")
         run_id = None
         if run_ref is not None and Path(run_ref).is_file():
-            run_id = json.loads(Path(run_ref).read_text()).get("run_id")
+            run_id = read_run_record(run_ref)["run_id"]
         info = {"commit": git_commit(), "run_id": run_id, "checkpoint_sha256": sha256_of(Path(checkpoint)),
                 "epoch": ckpt.get("epoch"), "tta": tta,
                 "params": {k: params[k] for k in ("model", "augment", "train") if k in params},

@@ -221,16 +221,28 @@ def log_serving_model(checkpoint: str | Path, example: np.ndarray, tta: str = DE
     Returns:
         The model URI (`models:/m-...`).
     """
+    info = mlflow.pyfunc.log_model(name=SERVING_MODEL, **_pyfunc_args(checkpoint, example, tta))
+    return info.model_uri
+
+
+def generated_example(size: int) -> np.ndarray:
+    """float32 (2, size, size) pixels 0-255, mid-grey and a horizontal ramp: the input example
+    of a saved or logged serving model (FER2013 images are not redistributed)."""
+    return np.stack([np.full((size, size), 128.0),
+                     np.tile(np.linspace(0, 255, size), (size, 1))]).astype(np.float32)
+
+
+def _pyfunc_args(model_file: str | Path, example: np.ndarray, tta: str) -> dict[str, Any]:
+    """What `mlflow.pyfunc.log_model` and `save_model` get for the serving model of
+    `model_file` (a checkpoint or an ONNX file): the model, its file, the package's code, the
+    example, a params schema for `tta` and the pip requirements."""
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec
 
-    signature = ModelSignature(params=ParamSchema([ParamSpec("tta", "string", tta)]))
-    package = Path(__file__).resolve().parent
-    info = mlflow.pyfunc.log_model(
-        name=SERVING_MODEL, python_model=ExpressionModel(tta),
-        artifacts={"checkpoint": str(checkpoint)}, code_paths=[str(package)],
-        input_example=example, signature=signature, pip_requirements=_requirements(False))
-    return info.model_uri
+    return {"python_model": ExpressionModel(tta), "artifacts": {"checkpoint": str(model_file)},
+            "code_paths": [str(Path(__file__).resolve().parent)], "input_example": example,
+            "signature": ModelSignature(params=ParamSchema([ParamSpec("tta", "string", tta)])),
+            "pip_requirements": _requirements(str(model_file).endswith(".onnx"))}
 
 
 def _requirements(onnx: bool) -> list[str]:
@@ -258,9 +270,6 @@ def save_serving_model(dest: str | Path, model: str | Path | None = None,
         OutputError: `dest` exists (MLflow writes a new folder; nothing is replaced).
         CheckpointError: no model given and neither default exists, or one that cannot be loaded.
     """
-    from mlflow.models import ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec
-
     dest = Path(dest)
     if dest.exists():
         raise OutputError(f"{dest}: exists; expected a new folder for the MLflow model")
@@ -268,17 +277,9 @@ def save_serving_model(dest: str | Path, model: str | Path | None = None,
     if model is None:
         model, which = default_model()
     classifier = load_classifier(str(model))  # a bad file fails here, before MLflow writes
-    size = classifier.image_size
-    example = np.stack([np.full((size, size), 128.0),
-                        np.tile(np.linspace(0, 255, size), (size, 1))]).astype(np.float32)
-    signature = ModelSignature(params=ParamSchema([ParamSpec("tta", "string", tta)]))
-    mlflow.pyfunc.save_model(
-        str(dest), python_model=ExpressionModel(tta), artifacts={"checkpoint": str(model)},
-        code_paths=[str(Path(__file__).resolve().parent)], input_example=example,
-        signature=signature, pip_requirements=_requirements(str(model).endswith(".onnx")))
+    example = generated_example(classifier.image_size)
+    mlflow.pyfunc.save_model(str(dest), **_pyfunc_args(model, example, tta))
     return dest, which
-
-
 def _version(package: str) -> str:
     from importlib.metadata import version
 

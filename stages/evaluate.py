@@ -183,10 +183,7 @@ def main() -> None:
             # before any error line of the checks above.
             from ferpipe import serving
 
-            # A generated example (FER2013 images are not redistributed): mid-grey and a ramp.
-            size = classifier.image_size
-            example = np.stack([np.full((size, size), 128.0),
-                                np.tile(np.linspace(0, 255, size), (size, 1))]).astype(np.float32)
+            example = serving.generated_example(classifier.image_size)
             uri = serving.log_serving_model(cfg.model, example, tta=cfg.tta)
             version = serving.register(uri, cfg.registry_name, cfg.registry_alias, {
                 "test_accuracy": f"{metrics['accuracy']:.4f}", "tta": cfg.tta,

@@ -84,7 +84,8 @@ def test_half_storage_computes_as_the_export_with_rounded_weights(checkpoint, tm
 
 
 def test_release_writes_the_model_and_its_record(checkpoint, prepared, tmp_path):
-    (tmp_path / "run.json").write_text(json.dumps({"run_id": "a" * 32}))
+    (tmp_path / "run.json").write_text(json.dumps(  # as the train stage writes it
+        {"run_id": "a" * 32, "experiment": "fer2013-resnet18", "tracking_uri": "sqlite:///mlflow.db"}))
     info = rel.release(checkpoint, prepared, tmp_path / "released", run_ref=tmp_path / "run.json")
     folder = tmp_path / "released"
     assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.onnx"]  # no temps
