@@ -145,6 +145,27 @@ def _quick_exit_hook() -> None:
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
 
 
+@contextmanager
+def few_retries(retries: int = 1, timeout_s: int = 10) -> Iterator[None]:
+    """Make MLflow's HTTP client try a tracking server's requests inside the block at most
+    `1 + retries` times, each waiting at most `timeout_s` seconds for an answer, instead of its
+    default of 7 retries with exponential backoff (minutes against a server that died).
+    For calls whose failure costs nothing lasting (a per-epoch metric row is logged later).
+    The variables are set back as they were (unset, or the user's values) after the block."""
+    values = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 #: How long `check_store` waits for a tracking server's health endpoint, seconds.
 HEALTH_TIMEOUT_S = 10
 
@@ -393,7 +414,8 @@ class EpochLog:
         why = _server_unreachable(HEALTH_TIMEOUT_S)
         try:
             if why is None:
-                self._log(row)
+                with few_retries():  # a server that dies after the probe: seconds, not minutes
+                    self._log(row)
         except _store_exceptions() as err:
             why = _reason(err)
         if why is not None:

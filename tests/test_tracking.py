@@ -1,5 +1,9 @@
 """The MLflow store set-up the stages share (`ferpipe.tracking.setup`)."""
 
+import http.server
+import os
+import threading
+
 import mlflow
 
 from ferpipe import tracking
@@ -31,3 +35,54 @@ def test_setup_takes_the_experiment_another_process_created_meanwhile(tmp_path, 
         assert len(mlflow.search_experiments(filter_string="name = 'fer-race'")) == 1
     finally:
         mlflow.set_tracking_uri(None)
+
+
+class _FailingServer(http.server.BaseHTTPRequestHandler):
+    """A tracking server that answers its health check and fails every API call with 503, a
+    status MLflow's client retries; it counts the API calls it gets."""
+    calls: list[str] = []
+
+    def _answer(self):
+        if self.path.startswith("/health"):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+            return
+        type(self).calls.append(self.path)
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+def test_epoch_log_tries_a_failing_server_twice_and_goes_on(monkeypatch, capsys):
+    """A server that passes the health probe but fails the metrics call (it died in between):
+    the per-epoch row is tried once more, not MLflow's 7 retries with minutes of backoff; the
+    epoch is noted as missed, one warning is printed, and the user's retry settings come back
+    after the call."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FailingServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    mlflow.set_tracking_uri(uri)
+    _FailingServer.calls = []
+    try:
+        log = tracking.EpochLog()
+        log({"epoch": 3, "val_accuracy": 0.5})
+        log({"epoch": 4, "val_accuracy": 0.6})  # failing: not tried again
+    finally:
+        mlflow.set_tracking_uri(None)
+        server.shutdown()
+    assert len(_FailingServer.calls) == 2, _FailingServer.calls  # one call + one retry
+    assert log.missed == [3, 4] and log.failing
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 1 and "per-epoch metrics not logged from epoch 3 on" in warnings[0]
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
