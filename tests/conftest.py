@@ -1,13 +1,20 @@
 """Shared test set-up: every test starts with the environment the session started with.
 
-The tests run on every core (pytest-xdist, `--dist loadgroup` in pyproject.toml): each test goes
-to whichever worker is free, except that the tests of a module marked
-`pytestmark = pytest.mark.xdist_group(...)` all run on one worker, so that its module-scoped
+The tests run on every core (pytest-xdist, `--dist loadfile` in pyproject.toml): each test file
+goes to whichever worker is free and runs there whole, in order, so that its module-scoped
 fixtures (a trained tiny pipeline, a running server) are built once."""
 
 import os
 
 import pytest
+
+# One thread per process under pytest-xdist: with a worker per core, each test's stage processes
+# (PyTorch, OpenMP) would otherwise start a thread per core too, and OpenMP threads that wait by
+# spinning on an oversubscribed CPU made a tiny training stage about 5x slower (two copies of
+# test_faults' other-params test at once: 171 s each with the default threads, 36 s with one).
+# A value the user set is kept.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -46,7 +46,8 @@ def test_no_augmentation_is_plain_normalization():
 
 def test_flip_with_probability_one_mirrors_every_image():
     x = batch()
-    cfg = augment(hflip=1.0, rotation=0, translate=0, scale=0, brightness=0, contrast=0)
+    cfg = augment(hflip=1.0, rotation=0, translate=0, scale=0, brightness=0, contrast=0,
+                  erasing=0)
     out = augment_batch(x, cfg, 0.0, 1.0, torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, x.flip(-1).unsqueeze(1).float() / 255, atol=1e-5, rtol=0)
 

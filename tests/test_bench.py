@@ -11,8 +11,6 @@ import yaml
 
 from tests.fakedata import make_image_folders, make_zip
 
-pytestmark = pytest.mark.xdist_group("bench")  # one worker: module-scoped fixtures (conftest.py)
-
 ROOT = Path(__file__).resolve().parents[1]
 
 

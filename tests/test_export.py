@@ -28,8 +28,6 @@ from ferpipe.model import build_model, save_checkpoint
 from ferpipe.predict import main
 from tests.fakedata import default_params, face_like, help_blocks
 
-pytestmark = pytest.mark.xdist_group("export")  # one worker: module-scoped fixtures (conftest.py)
-
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -13,8 +13,6 @@ import torch
 from tests.fakedata import make_image_folders, make_zip
 from tests.fakerepo import make_repo, read_csv, sh, store_runs
 
-pytestmark = pytest.mark.xdist_group("faults")  # one worker: module-scoped fixtures (conftest.py)
-
 EPOCHS = 6
 
 

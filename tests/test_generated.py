@@ -38,8 +38,6 @@ from ferpipe.params import Params, validate_params
 from ferpipe.sources import csv_members, write_raw_archive
 from tests.fakedata import make_image_folders, make_tar, make_zip
 
-pytestmark = pytest.mark.xdist_group("generated")  # one worker: module-scoped fixtures (conftest.py)
-
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -12,8 +12,6 @@ import pytest
 
 from tests.fakedata import make_image_folders, make_zip
 
-pytestmark = pytest.mark.xdist_group("gpucheck")  # one worker: module-scoped fixtures (conftest.py)
-
 ROOT = Path(__file__).resolve().parents[1]
 
 

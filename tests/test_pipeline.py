@@ -20,8 +20,6 @@ from tests.fakedata import face_like, make_image_folders, make_zip
 from tests.fakerepo import in_terminal, make_repo, read_csv, sh, store_runs
 from tests.servers import free_port, server_on
 
-pytestmark = pytest.mark.xdist_group("pipeline")  # one worker: module-scoped fixtures (conftest.py)
-
 EPOCHS = 2
 
 

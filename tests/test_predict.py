@@ -23,8 +23,6 @@ from ferpipe.predict import main
 from ferpipe.predictor import Predictor
 from tests.fakedata import face_like, help_blocks, random_checkpoint
 
-pytestmark = pytest.mark.xdist_group("predict")  # one worker: module-scoped fixtures (conftest.py)
-
 ROOT = Path(__file__).resolve().parents[1]
 #: The astronaut's face in skimage.data.astronaut() (512 x 512), as OpenCV's default cascade
 #: finds it: x, y, w, h in pixels (checked by eye on the annotated image).

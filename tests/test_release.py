@@ -24,8 +24,6 @@ from ferpipe.serving import save_serving_model
 from tests.fakedata import face_like
 from tests.test_export import make_checkpoint
 
-pytestmark = pytest.mark.xdist_group("release")  # one worker: module-scoped fixtures (conftest.py)
-
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):

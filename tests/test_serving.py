@@ -26,8 +26,6 @@ from ferpipe.serving import ExpressionModel, log_serving_model, to_pixels
 from tests.fakedata import face_like, random_checkpoint
 from tests.servers import free_port, server_on
 
-pytestmark = pytest.mark.xdist_group("serving")  # one worker: module-scoped fixtures (conftest.py)
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
