@@ -141,8 +141,13 @@ def _quick_exit_hook() -> None:
     7 with exponential backoff) after the stage has printed its error line. The run stays as
     the store has it (RUNNING), for the stage's next run to finish."""
     if mlflow.active_run() is not None:
-        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
+        os.environ.update(_retry_settings(retries=0, timeout_s=5))
+
+
+def _retry_settings(retries: int, timeout_s: int) -> dict[str, str]:
+    """MLflow's HTTP client settings for `1 + retries` tries of `timeout_s` seconds each."""
+    return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
 
 
 @contextmanager
@@ -152,8 +157,7 @@ def few_retries(retries: int = 1, timeout_s: int = 10) -> Iterator[None]:
     default of 7 retries with exponential backoff (minutes against a server that died).
     For calls whose failure costs nothing lasting (a per-epoch metric row is logged later).
     The variables are set back as they were (unset, or the user's values) after the block."""
-    values = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
-              "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    values = _retry_settings(retries, timeout_s)
     saved = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
     try:
