@@ -52,7 +52,9 @@ def export_onnx(checkpoint: str | Path, dest: str | Path) -> Path:
     Graph input `input`: float32 (B, 1, S, S), normalized ((pixel / 255 - mean) / std), S = the
     checkpoint's `input_size` else `image_size`; output `logits`: float32 (B, C). The metadata
     props hold class_names (JSON list), mean and std ([0, 1] units), input_size and image_size
-    (pixels). Written to a temporary name, then renamed: `dest` is never half-written.
+    (pixels), and class_counts (JSON list, training images per class: the prior of the logit
+    adjustment) when the checkpoint has them. Written to a temporary name, then renamed: `dest`
+    is never half-written.
 
     Returns:
         `dest` as a Path.
@@ -71,10 +73,12 @@ def export_onnx(checkpoint: str | Path, dest: str | Path) -> Path:
         model, (example,), dynamo=True, input_names=["input"], output_names=["logits"],
         dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
     proto = program.model_proto
-    onnx.helper.set_model_props(proto, {
-        "class_names": json.dumps(list(ckpt["class_names"])), "mean": repr(float(ckpt["mean"])),
-        "std": repr(float(ckpt["std"])), "input_size": str(input_size),
-        "image_size": str(image_size)})
+    props = {"class_names": json.dumps(list(ckpt["class_names"])),
+             "mean": repr(float(ckpt["mean"])), "std": repr(float(ckpt["std"])),
+             "input_size": str(input_size), "image_size": str(image_size)}
+    if ckpt.get("class_counts"):
+        props["class_counts"] = json.dumps([int(n) for n in ckpt["class_counts"]])
+    onnx.helper.set_model_props(proto, props)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")
@@ -133,8 +137,9 @@ def load_onnx_classifier(path: str | Path) -> Classifier:
     input_size, image_size = int(meta["input_size"]), int(meta["image_size"])
     ctx = StepContext(torch.device("cpu"), float(meta["mean"]), float(meta["std"]),
                       input_size=input_size if input_size < image_size else None)
+    counts = json.loads(meta["class_counts"]) if "class_counts" in meta else None
     return Classifier(OnnxModule(session), json.loads(meta["class_names"]), ctx, image_size,
-                      str(path))
+                      str(path), [int(n) for n in counts] if counts else None)
 
 
 def check_images(image_size: int, n: int = 8) -> np.ndarray:

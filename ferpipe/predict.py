@@ -41,6 +41,7 @@ from ferpipe.errors import FerpipeError
 from ferpipe.faces import FaceDetector
 from ferpipe.params import TTA_MODES
 from ferpipe.predictor import (
+    DEFAULT_LOGIT_ADJUSTMENT,
     DEFAULT_MODEL,
     DEFAULT_TTA,
     Prediction,
@@ -117,8 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write copies of the images (PNG) and videos (<stem>.annotated.mp4) "
                              "with boxes and labels to DIR (default %(default)s: no copies)")
     parser.add_argument("--tta", choices=TTA_MODES, default=DEFAULT_TTA,
-                        help="test-time augmentation; hflip is what the evaluate stage uses "
-                             "(evaluate.tta, chosen on val) for the README's test accuracy")
+                        help="test-time augmentation (default %(default)s: what the evaluate "
+                             "stage uses for the README's test accuracy, evaluate.tta, chosen "
+                             "on val)")
+    parser.add_argument("--logit-adjustment", type=_bounded(float, 0.0), metavar="TAU",
+                        default=DEFAULT_LOGIT_ADJUSTMENT,
+                        help="post-hoc logit adjustment: log-probabilities minus TAU x log(the "
+                             "training class prior), favouring rare classes (default "
+                             "%(default)s: evaluate.logit_adjustment, chosen on val with the "
+                             "TTA; 0: off)")
     parser.add_argument("--tta-crop", type=_bounded(int, 1), default=None,
                         help="ten-crop side, pixels, at most the model's image size (default "
                              "%(default)s: the model's training crop, or 44 for a model trained "
@@ -172,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             args.model, which = default_model()
             print(which, file=sys.stderr)
         predictor = Predictor(load_classifier(args.model), detector,
-                              margin=args.margin, tta=args.tta, tta_crop=args.tta_crop)
+                              margin=args.margin, tta=args.tta, tta_crop=args.tta_crop,
+                              logit_adjustment=args.logit_adjustment)
     except (OSError, ValueError, RuntimeError, FerpipeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

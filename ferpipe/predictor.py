@@ -12,16 +12,21 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ferpipe.decode import to_gray
 from ferpipe.faces import FaceDetector, crop_face, opencv
-from ferpipe.inference import Classifier
+from ferpipe.inference import Classifier, adjust_logits
 
 #: The TTA of the README's headline accuracy (params.yaml `evaluate.tta`, chosen on val): this
 #: command's default, so it answers as the headline scores. (The served model's default is the
 #: `evaluate.tta` its evaluate stage ran with; this one when logged without it.)
-DEFAULT_TTA = "hflip"
+DEFAULT_TTA = "ten_crop"
+
+#: The post-hoc logit adjustment tau of the headline (params.yaml `evaluate.logit_adjustment`,
+#: chosen on val with `evaluate.tta`), the default of the same commands.
+DEFAULT_LOGIT_ADJUSTMENT = 0.5
 
 
 #: The train stage's checkpoint: the model `ferpipe-predict` uses when it exists (relative to
@@ -56,6 +61,36 @@ def default_model() -> tuple[str, str]:
     raise CheckpointError(f"{DEFAULT_MODEL}: checkpoint not found and this install has no "
                           f"released model ({RELEASED_MODEL}); train one (dvc repro) or pass "
                           f"--model")
+
+
+def probabilities(classifier: Classifier, images: np.ndarray, tta: str = DEFAULT_TTA,
+                  logit_adjustment: float = DEFAULT_LOGIT_ADJUSTMENT, crop: int | None = None
+                  ) -> np.ndarray:
+    """Class probabilities as the evaluate stage scores them: the classifier's TTA-averaged
+    probabilities, then post-hoc logit adjustment (`ferpipe.inference.adjust_logits`:
+    `softmax(log p - tau * log(train class prior))`, Menon et al. 2021) with the classifier's
+    training class counts, so the argmax is the evaluate stage's prediction.
+
+    Args:
+        classifier: a checkpoint's or ONNX file's `Classifier`; one without class counts (a
+            checkpoint or ONNX file written before they were recorded) is not adjusted.
+        images: uint8 (N, S, S), S = `classifier.image_size` (48), pixels 0-255.
+        tta, crop: see `ferpipe.inference.tta_views`. logit_adjustment: tau, >= 0 (0: off).
+
+    Returns:
+        float32 (N, C) probabilities, rows summing to 1.
+
+    Raises:
+        ValueError: a negative `logit_adjustment`, or see `tta_views`.
+    """
+    if logit_adjustment < 0:
+        raise ValueError(f"logit adjustment: got {logit_adjustment}; expected a number >= 0")
+    probs = classifier.predict(images, tta, crop)
+    if not logit_adjustment or not classifier.class_counts:
+        return probs
+    log_probs = torch.from_numpy(probs).clamp_min(torch.finfo(torch.float32).tiny).log()
+    adjusted = adjust_logits(log_probs, classifier.class_counts, logit_adjustment)
+    return torch.softmax(adjusted, dim=1).numpy()
 
 
 def load_gray(path: Path | BinaryIO) -> tuple[np.ndarray, np.ndarray]:
@@ -121,6 +156,7 @@ class Predictor:
     margin: float = 0.1
     tta: str = DEFAULT_TTA
     tta_crop: int | None = None
+    logit_adjustment: float = DEFAULT_LOGIT_ADJUSTMENT
 
     def predict_image(self, gray: np.ndarray, name: str, fallback: bool = True
                       ) -> list[Prediction]:
@@ -137,7 +173,8 @@ class Predictor:
             crops = [cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)]
         else:
             crops = [crop_face(gray, box, self.margin, size) for box in boxes]
-        probs = self.classifier.predict(np.stack(crops), self.tta, self.tta_crop)
+        probs = probabilities(self.classifier, np.stack(crops), self.tta, self.logit_adjustment,
+                              self.tta_crop)
         names = self.classifier.class_names
         out = []
         for i, (box, p) in enumerate(zip(boxes, probs)):

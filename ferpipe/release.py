@@ -77,10 +77,14 @@ def half_storage(proto, min_elements: int = MIN_HALF_ELEMENTS):
     return proto
 
 
-def accuracy(classifier, split: dict[str, np.ndarray], tta: str) -> float:
+def accuracy(classifier, split: dict[str, np.ndarray], tta: str, logit_adjustment: float = 0.0
+             ) -> float:
     """Accuracy in [0, 1] of a `Classifier` on a prepared split (`images` uint8 (N, 48, 48),
-    `labels` int64 (N,)) with the TTA mode `tta`."""
-    probs = classifier.predict(split["images"], tta=tta)
+    `labels` int64 (N,)) with the TTA mode `tta` and logit adjustment tau `logit_adjustment`
+    (`ferpipe.predictor.probabilities`, as `ferpipe-predict` classifies)."""
+    from ferpipe.predictor import probabilities
+
+    probs = probabilities(classifier, split["images"], tta, logit_adjustment)
     return float((probs.argmax(1) == split["labels"]).mean())
 
 
@@ -104,13 +108,14 @@ def read_info(path: str | Path = RELEASED_INFO) -> dict[str, Any] | None:
 
 def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = RELEASED_DIR,
             tta: str | None = None, run_ref: str | Path | None = None, force: bool = False,
-            convert=half_storage) -> dict[str, Any]:
+            convert=half_storage, logit_adjustment: float | None = None) -> dict[str, Any]:
     """Export `checkpoint` as the released model into `dest` (`model.onnx`, `model.json`).
 
     Args:
         checkpoint: the train stage's checkpoint (`models/model.pt`).
         prepared: the folder of the prepared splits (`data/prepared`, `val.npz` and `test.npz`).
-        tta: the TTA both models are scored with; None: `ferpipe-predict`'s default (hflip).
+        tta, logit_adjustment: the TTA and logit adjustment tau both models are scored with;
+            None: `ferpipe-predict`'s defaults (`evaluate.tta`, `evaluate.logit_adjustment`).
         run_ref: the train stage's `models/mlflow_run.json` (its run id goes into the record), or
             None.
         force: replace a released model even when the new one is not better on val.
@@ -118,8 +123,9 @@ def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = REL
 
     Returns:
         The record written to `model.json`: commit, run_id, params (model, augment, train
-        sections), tta, sha256 and bytes of the ONNX file, and for val and test the image count,
-        `accuracy_full` (the checkpoint) and `accuracy_released` (the ONNX file), in [0, 1].
+        sections), tta, logit_adjustment, sha256 and bytes of the ONNX file, and for val and
+        test the image count, `accuracy_full` (the checkpoint) and `accuracy_released` (the
+        ONNX file), in [0, 1].
 
     Raises:
         ReleaseError: the released model is more than `MAX_DROP_POINTS` points below the
@@ -133,7 +139,7 @@ def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = REL
     from ferpipe.data import load_split
     from ferpipe.export import export_onnx, load_onnx_classifier
     from ferpipe.inference import Classifier
-    from ferpipe.predictor import DEFAULT_TTA
+    from ferpipe.predictor import DEFAULT_LOGIT_ADJUSTMENT, DEFAULT_TTA
     from ferpipe.tracking import git_commit, read_run_record
 
     dest, prepared = Path(dest), Path(prepared)
@@ -142,6 +148,7 @@ def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = REL
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     params = ckpt.get("params", {})
     tta = tta or DEFAULT_TTA
+    tau = DEFAULT_LOGIT_ADJUSTMENT if logit_adjustment is None else float(logit_adjustment)
     previous = read_info(dest / RELEASED_INFO.name)
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest, prefix=".release-") as tmp:
@@ -150,8 +157,8 @@ def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = REL
         onnx.save(convert(onnx.load(onnx_path)), onnx_path)
         released = load_onnx_classifier(onnx_path)
         scores = {name: {"images": int(len(split["labels"])),
-                         "accuracy_full": accuracy(full, split, tta),
-                         "accuracy_released": accuracy(released, split, tta)}
+                         "accuracy_full": accuracy(full, split, tta, tau),
+                         "accuracy_released": accuracy(released, split, tta, tau)}
                   for name, split in splits.items()}
         size = onnx_path.stat().st_size
         for name, s in scores.items():
@@ -176,7 +183,7 @@ def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = REL
         if run_ref is not None and Path(run_ref).is_file():
             run_id = read_run_record(run_ref)["run_id"]
         info = {"commit": git_commit(), "run_id": run_id, "checkpoint_sha256": sha256_of(Path(checkpoint)),
-                "epoch": ckpt.get("epoch"), "tta": tta,
+                "epoch": ckpt.get("epoch"), "tta": tta, "logit_adjustment": tau,
                 "params": {k: params[k] for k in ("model", "augment", "train") if k in params},
                 "file": RELEASED_MODEL.name, "sha256": sha256_of(onnx_path), "bytes": size,
                 "weights": "float16 storage, float32 compute", **scores}
@@ -191,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m ferpipe.release [CHECKPOINT]`: write the released model (see `release`)."""
     import argparse
 
+    from ferpipe.params import TTA_MODES
+
     parser = argparse.ArgumentParser(
         description="Export the committed run's checkpoint as the released model shipped in the "
                     "package (ONNX, float16 weights), after checking its accuracy on val and test "
@@ -201,13 +210,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-ref", default="models/mlflow_run.json",
                         help="the train stage's MLflow run record")
     parser.add_argument("--dest", default=str(RELEASED_DIR))
-    parser.add_argument("--tta", default=None, help="default: ferpipe-predict's (hflip)")
+    parser.add_argument("--tta", default=None, choices=TTA_MODES,
+                        help="default: ferpipe-predict's (evaluate.tta)")
+    parser.add_argument("--logit-adjustment", type=float, default=None, metavar="TAU",
+                        help="default: ferpipe-predict's (evaluate.logit_adjustment)")
     parser.add_argument("--force", action="store_true",
                         help="replace the released model even if val accuracy does not improve")
     args = parser.parse_args(argv)
-    info = release(args.checkpoint, args.prepared, args.dest, args.tta, args.run_ref, args.force)
+    if args.logit_adjustment is not None and not args.logit_adjustment >= 0:
+        parser.error(f"--logit-adjustment: got {args.logit_adjustment}; expected a number >= 0")
+    info = release(args.checkpoint, args.prepared, args.dest, args.tta, args.run_ref, args.force,
+                   logit_adjustment=args.logit_adjustment)
     print(f"wrote {Path(args.dest) / RELEASED_MODEL.name} ({info['bytes'] / 2**20:.1f} MiB, "
-          f"tta {info['tta']}):")
+          f"tta {info['tta']}, logit adjustment {info['logit_adjustment']:g}):")
     for name in ("val", "test"):
         s = info[name]
         print(f"  {name}: {100 * s['accuracy_released']:.2f}% released, "

@@ -16,12 +16,14 @@ Requests (`mlflow models serve` / `POST /invocations`, JSON), one of:
   (B, 48, 48). An image whose values all lie within 0-1 (and are not all 0) is refused as
   normalized. The answer is one `{"angry": p, ..., "surprise": p}` per image.
 
-Optional `"params": {"tta": "none"}` (none | hflip | ten_crop; the default is the TTA the
-evaluate stage scored the model with, `evaluate.tta`: hflip, as `ferpipe-predict`). The response is
+Optional `"params": {"tta": "none", "logit_adjustment": 0}`: the TTA (none | hflip | ten_crop)
+and the post-hoc logit adjustment tau (a number >= 0; `ferpipe.predictor.probabilities`); the
+defaults are those the evaluate stage scored the model with, `evaluate.tta` and
+`evaluate.logit_adjustment` (ten_crop and 0.5, as `ferpipe-predict`). The response is
 `{"predictions": [...]}`; a bad request gets HTTP 400 and `{"error_code":
 "INVALID_PARAMETER_VALUE", "message": "<what was expected>", ...}`. The model is logged without an
 input schema (one schema cannot admit both kinds of input; the model checks its input itself) and
-with a params schema for `tta`.
+with a params schema for `tta` and `logit_adjustment`.
 """
 
 from __future__ import annotations
@@ -45,7 +47,15 @@ from PIL import Image
 from ferpipe.errors import OutputError, shorten
 from ferpipe.faces import FaceDetector
 from ferpipe.params import TTA_MODES
-from ferpipe.predictor import DEFAULT_TTA, Predictor, default_model, load_classifier, load_gray
+from ferpipe.predictor import (
+    DEFAULT_LOGIT_ADJUSTMENT,
+    DEFAULT_TTA,
+    Predictor,
+    default_model,
+    load_classifier,
+    load_gray,
+    probabilities,
+)
 
 #: Artifact path of the serving model inside the run.
 SERVING_MODEL = "expression_model"
@@ -77,11 +87,14 @@ class BadRequest(MlflowException):
 
 class ExpressionModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper of a train-stage checkpoint or an ONNX export of one, such as the released
-    model (the artifact `checkpoint`, a `.pt` or `.onnx` file);
-    `default_tta` is the TTA of a request without `params.tta`."""
+    model (the artifact `checkpoint`, a `.pt` or `.onnx` file); `default_tta` and
+    `default_logit_adjustment` are the TTA and tau of a request without `params.tta` and
+    `params.logit_adjustment`."""
 
-    def __init__(self, default_tta: str = DEFAULT_TTA) -> None:
+    def __init__(self, default_tta: str = DEFAULT_TTA,
+                 default_logit_adjustment: float = DEFAULT_LOGIT_ADJUSTMENT) -> None:
         self.default_tta = default_tta
+        self.default_logit_adjustment = default_logit_adjustment
 
     def load_context(self, context: Any) -> None:
         self.classifier = load_classifier(context.artifacts["checkpoint"])  # .pt or .onnx
@@ -95,7 +108,8 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
             model_input: photos: a mapping or DataFrame whose only key / column is `image`,
                 base64-encoded image files (str); pixels: array-like (B, S, S), S = the
                 checkpoint's image size (48), values 0-255.
-            params: {"tta": "none" | "hflip" | "ten_crop"} (default `self.default_tta`).
+            params: {"tta": "none" | "hflip" | "ten_crop", "logit_adjustment": tau >= 0}
+                (defaults `self.default_tta`, `self.default_logit_adjustment`).
 
         Returns:
             photos: a list of one dict per face (image, face, box [x, y, w, h] in pixels,
@@ -103,14 +117,19 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
             one float column per class name) of probabilities.
 
         Raises:
-            BadRequest: an unknown `tta`; a photo that is not base64 or not an image; pixels of
-                another shape, not numbers, outside 0-255 or looking normalized (0-1); no images.
+            BadRequest: an unknown `tta`; a `logit_adjustment` that is not a number >= 0; a
+                photo that is not base64 or not an image; pixels of another shape, not numbers,
+                outside 0-255 or looking normalized (0-1); no images.
         """
         try:
             tta = (params or {}).get("tta") or self.default_tta
             if tta not in TTA_MODES:
                 raise ValueError(f"params.tta: got {shorten(tta)}; expected one of "
                                  f"{list(TTA_MODES)}")
+            tau = _logit_adjustment((params or {}).get(
+                "logit_adjustment",
+                # a model pickled before this setting existed was scored without it
+                getattr(self, "default_logit_adjustment", 0.0)))
             photos = photo_column(model_input)
             if photos is None:
                 images = to_pixels(model_input, self.classifier.image_size)
@@ -119,13 +138,26 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
         except ValueError as err:
             raise BadRequest(str(err)) from None
         if photos is None:
-            probs = self.classifier.predict(images, tta=tta)
+            probs = probabilities(self.classifier, images, tta, tau)
             return pd.DataFrame(probs, columns=self.classifier.class_names)
         if not hasattr(self.local, "detector"):
             self.local.detector = FaceDetector()
-        predictor = Predictor(self.classifier, self.local.detector, tta=tta)
+        predictor = Predictor(self.classifier, self.local.detector, tta=tta,
+                              logit_adjustment=tau)
         return [{"image": i, **{k: v for k, v in p.as_dict().items() if k != "file"}}
                 for i, gray in enumerate(grays) for p in predictor.predict_image(gray, str(i))]
+
+
+def _logit_adjustment(value: Any) -> float:
+    """`params.logit_adjustment` as a float.
+
+    Raises:
+        ValueError: not a finite number >= 0 (booleans and strings included).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not (
+            np.isfinite(value) and value >= 0):
+        raise ValueError(f"params.logit_adjustment: got {shorten(value)}; expected a number >= 0")
+    return float(value)
 
 
 def photo_column(model_input: Any) -> list[Any] | None:
@@ -207,21 +239,24 @@ def to_pixels(model_input: Any, size: int) -> np.ndarray:
     return np.rint(x).astype(np.uint8)
 
 
-def log_serving_model(checkpoint: str | Path, example: np.ndarray, tta: str = DEFAULT_TTA
-                      ) -> str:
+def log_serving_model(checkpoint: str | Path, example: np.ndarray, tta: str = DEFAULT_TTA,
+                      logit_adjustment: float = DEFAULT_LOGIT_ADJUSTMENT) -> str:
     """Log the checkpoint as the pyfunc `expression_model` of the active run: no input schema
-    (the model takes photos or pixels and checks them itself), a params schema for `tta`.
+    (the model takes photos or pixels and checks them itself), a params schema for `tta` and
+    `logit_adjustment`.
 
     Args:
         checkpoint: the train stage's checkpoint file.
         example: float32 (B, S, S) pixels 0-255: the input example (`serving_input_example.json`).
         tta: the TTA of a request that gives none (the evaluate stage passes `evaluate.tta`,
             the TTA its test accuracy was scored with).
+        logit_adjustment: the tau of a request that gives none (`evaluate.logit_adjustment`).
 
     Returns:
         The model URI (`models:/m-...`).
     """
-    info = mlflow.pyfunc.log_model(name=SERVING_MODEL, **_pyfunc_args(checkpoint, example, tta))
+    info = mlflow.pyfunc.log_model(name=SERVING_MODEL,
+                                   **_pyfunc_args(checkpoint, example, tta, logit_adjustment))
     return info.model_uri
 
 
@@ -232,16 +267,20 @@ def generated_example(size: int) -> np.ndarray:
                      np.tile(np.linspace(0, 255, size), (size, 1))]).astype(np.float32)
 
 
-def _pyfunc_args(model_file: str | Path, example: np.ndarray, tta: str) -> dict[str, Any]:
+def _pyfunc_args(model_file: str | Path, example: np.ndarray, tta: str, logit_adjustment: float
+                 ) -> dict[str, Any]:
     """What `mlflow.pyfunc.log_model` and `save_model` get for the serving model of
     `model_file` (a checkpoint or an ONNX file): the model, its file, the package's code, the
-    example, a params schema for `tta` and the pip requirements."""
+    example, a params schema for `tta` and `logit_adjustment`, and the pip requirements."""
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec
 
-    return {"python_model": ExpressionModel(tta), "artifacts": {"checkpoint": str(model_file)},
+    schema = ParamSchema([ParamSpec("tta", "string", tta),
+                          ParamSpec("logit_adjustment", "double", float(logit_adjustment))])
+    return {"python_model": ExpressionModel(tta, float(logit_adjustment)),
+            "artifacts": {"checkpoint": str(model_file)},
             "code_paths": [str(Path(__file__).resolve().parent)], "input_example": example,
-            "signature": ModelSignature(params=ParamSchema([ParamSpec("tta", "string", tta)])),
+            "signature": ModelSignature(params=schema),
             "pip_requirements": _requirements(str(model_file).endswith(".onnx"))}
 
 
@@ -255,13 +294,15 @@ def _requirements(onnx: bool) -> list[str]:
 
 
 def save_serving_model(dest: str | Path, model: str | Path | None = None,
-                       tta: str = DEFAULT_TTA) -> tuple[Path, str]:
+                       tta: str = DEFAULT_TTA,
+                       logit_adjustment: float = DEFAULT_LOGIT_ADJUSTMENT) -> tuple[Path, str]:
     """Save the serving pyfunc of `model` as an MLflow model folder at `dest`, for
     `mlflow models serve -m DEST` without a tracking store (no run, no registry).
 
     Args:
         model: a checkpoint or ONNX file; None: `models/model.pt` if it exists, else the
             released model (`ferpipe.predictor.default_model`).
+        tta, logit_adjustment: the defaults of a request that gives none.
 
     Returns:
         (dest, a one-line description of the model saved).
@@ -278,7 +319,7 @@ def save_serving_model(dest: str | Path, model: str | Path | None = None,
         model, which = default_model()
     classifier = load_classifier(str(model))  # a bad file fails here, before MLflow writes
     example = generated_example(classifier.image_size)
-    mlflow.pyfunc.save_model(str(dest), **_pyfunc_args(model, example, tta))
+    mlflow.pyfunc.save_model(str(dest), **_pyfunc_args(model, example, tta, logit_adjustment))
     return dest, which
 def _version(package: str) -> str:
     from importlib.metadata import version
@@ -315,8 +356,13 @@ def main(argv: list[str] | None = None) -> None:
                              "else the released model)")
     parser.add_argument("--tta", choices=TTA_MODES, default=DEFAULT_TTA,
                         help="the TTA of a request that names none")
+    parser.add_argument("--logit-adjustment", type=float, default=DEFAULT_LOGIT_ADJUSTMENT,
+                        metavar="TAU", help="the logit adjustment tau (>= 0) of a request that "
+                                            "names none")
     args = parser.parse_args(argv)
-    dest, which = save_serving_model(args.dest, args.model, args.tta)
+    if not (args.logit_adjustment >= 0 and np.isfinite(args.logit_adjustment)):
+        parser.error(f"--logit-adjustment: got {args.logit_adjustment}; expected a number >= 0")
+    dest, which = save_serving_model(args.dest, args.model, args.tta, args.logit_adjustment)
     print(which, file=sys.stderr)
     print(f"wrote {dest}; serve it with: mlflow models serve -m {dest} --env-manager local")
 

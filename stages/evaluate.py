@@ -149,7 +149,8 @@ def main() -> None:
 
     photo = skdata.astronaut()
     model.cpu()  # the predict command's path, as a user runs it
-    faces = Predictor(classifier, tta=cfg.tta).predict_image(
+    faces = Predictor(classifier, tta=cfg.tta, tta_crop=cfg.tta_crop,
+                      logit_adjustment=cfg.logit_adjustment).predict_image(
         np.asarray(Image.fromarray(photo).convert("L")), "astronaut")
     print("astronaut: " + ", ".join(f"{f.expression} {f.probability:.2f}" for f in faces))
     with stage_outputs() as outs:
@@ -184,9 +185,11 @@ def main() -> None:
             from ferpipe import serving
 
             example = serving.generated_example(classifier.image_size)
-            uri = serving.log_serving_model(cfg.model, example, tta=cfg.tta)
+            uri = serving.log_serving_model(cfg.model, example, tta=cfg.tta,
+                                            logit_adjustment=cfg.logit_adjustment)
             version = serving.register(uri, cfg.registry_name, cfg.registry_alias, {
                 "test_accuracy": f"{metrics['accuracy']:.4f}", "tta": cfg.tta,
+                "logit_adjustment": f"{cfg.logit_adjustment:g}",
                 "test_accuracy_no_tta": f"{no_tta['accuracy']:.4f}",
                 "run_id": run.info.run_id})
             print(f"registered models:/{cfg.registry_name}@{cfg.registry_alias} "

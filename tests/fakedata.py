@@ -100,9 +100,14 @@ def default_params(**sections: dict) -> Params:
     return validate_params(raw)
 
 
+#: Training images per class (CLASS_NAMES order) written into the test checkpoints: FER2013's
+#: train split's imbalance, so the logit adjustment (its prior) changes their probabilities.
+TRAIN_COUNTS = [3995, 436, 4097, 7215, 4965, 4830, 3171]
+
+
 def random_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A random-weight ResNet18 checkpoint (standard stem, 48-pixel images, mean 0.5, std 0.25)
-    at `path`: what the predict and serving tests classify with."""
+    """A random-weight ResNet18 checkpoint (standard stem, 48-pixel images, mean 0.5, std 0.25,
+    class counts `TRAIN_COUNTS`) at `path`: what the predict and serving tests classify with."""
     import torch
 
     from ferpipe.model import build_model, save_checkpoint
@@ -110,7 +115,8 @@ def random_checkpoint(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     arch = default_params(model={"stem": "standard"}).model
     save_checkpoint(path, build_model(arch), class_names=list(CLASS_NAMES),
-                    mean=0.5, std=0.25, image_size=48, params={"model": arch.model_dump()})
+                    mean=0.5, std=0.25, image_size=48, params={"model": arch.model_dump()},
+                    extra={"class_counts": TRAIN_COUNTS})
     return path
 
 

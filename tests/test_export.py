@@ -26,20 +26,24 @@ from ferpipe.export import (
 from ferpipe.inference import Classifier
 from ferpipe.model import build_model, save_checkpoint
 from ferpipe.predict import main
-from tests.fakedata import default_params, face_like, help_blocks
+from tests.fakedata import TRAIN_COUNTS, default_params, face_like, help_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_checkpoint(path: Path, seed: int, input_size: int = 40) -> Path:
+def make_checkpoint(path: Path, seed: int, input_size: int = 40,
+                    class_counts: list[int] | None = TRAIN_COUNTS) -> Path:
     """A random-weight checkpoint of a model trained on `input_size`-pixel crops of 48-pixel
-    images (the default recipe's shape; the standard stem keeps the tests fast)."""
+    images (the default recipe's shape; the standard stem keeps the tests fast), recording
+    `class_counts` (None: none, as in older checkpoints)."""
     torch.manual_seed(seed)
     arch = default_params(model={"stem": "standard"}).model
     save_checkpoint(path, build_model(arch, input_size=input_size), class_names=list(CLASS_NAMES),
                     mean=0.45, std=0.22, image_size=48, params={"model": arch.model_dump()},
-                    extra={"input_size": input_size})
+                    extra={"input_size": input_size,
+                           **({"class_counts": class_counts} if class_counts else {})})
     return path
+
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +64,7 @@ def test_export_writes_one_self_describing_file_with_a_dynamic_batch(exported):
     assert json.loads(meta["class_names"]) == list(CLASS_NAMES)
     assert (float(meta["mean"]), float(meta["std"])) == (0.45, 0.22)
     assert (meta["input_size"], meta["image_size"]) == ("40", "48")
+    assert json.loads(meta["class_counts"]) == TRAIN_COUNTS  # the prior of the logit adjustment
     (graph_input,) = proto.graph.input
     dims = graph_input.type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 40, 40]
@@ -88,6 +93,7 @@ def test_the_onnx_classifier_matches_the_checkpoint_with_every_tta(exported, tta
     onnx_clf, torch_clf = load_onnx_classifier(path), Classifier.from_checkpoint(checkpoint)
     assert onnx_clf.class_names == torch_clf.class_names and onnx_clf.image_size == 48
     assert onnx_clf.ctx.input_size == torch_clf.ctx.input_size == 40
+    assert onnx_clf.class_counts == torch_clf.class_counts == TRAIN_COUNTS
     images = np.concatenate([check_images(48),
                              np.stack([face_like(c, np.random.default_rng(c)) for c in range(7)])])
     got, expected = onnx_clf.predict(images, tta), torch_clf.predict(images, tta)

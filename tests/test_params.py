@@ -208,9 +208,12 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_predict_and_serving_default_to_the_headline_tta():
-    """`ferpipe-predict` and the served model answer as the README's headline accuracy scores."""
+    """`ferpipe-predict` and the served model answer as the README's headline accuracy scores:
+    the TTA and the logit adjustment of the evaluate stage."""
     from ferpipe.predict import build_parser
-    from ferpipe.predictor import DEFAULT_TTA
+    from ferpipe.predictor import DEFAULT_LOGIT_ADJUSTMENT, DEFAULT_TTA
 
-    assert DEFAULT_TTA == load_params(ROOT / "params.yaml").evaluate.tta
-    assert build_parser().parse_args(["x.png"]).tta == DEFAULT_TTA
+    cfg = load_params(ROOT / "params.yaml").evaluate
+    assert (DEFAULT_TTA, DEFAULT_LOGIT_ADJUSTMENT) == (cfg.tta, cfg.logit_adjustment)
+    args = build_parser().parse_args(["x.png"])
+    assert (args.tta, args.logit_adjustment) == (DEFAULT_TTA, DEFAULT_LOGIT_ADJUSTMENT)

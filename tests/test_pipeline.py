@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from skimage import data as skdata
 
@@ -258,7 +259,9 @@ REGISTERED = "models:/fer2013-resnet18@candidate"
 def test_evaluate_reports_tta_and_registers_the_model(repo):
     r = repo["path"]
     evaluation = json.loads((r / "metrics/eval.json").read_text())
-    assert evaluation["tta"] == "hflip" and evaluation["logit_adjustment"] == 0
+    cfg = yaml.safe_load((r / "params.yaml").read_text())["evaluate"]
+    assert (evaluation["tta"], evaluation["logit_adjustment"]) == (
+        cfg["tta"], cfg["logit_adjustment"]) == ("ten_crop", 0.5)
     assert set(evaluation["test_no_tta"]) == {"accuracy", "balanced_accuracy", "macro_f1",
                                               "top2_accuracy", "loss"}
     # val, every TTA mode x logit adjustment: what evaluate.tta/logit_adjustment are chosen on
@@ -279,7 +282,7 @@ def test_evaluate_reports_tta_and_registers_the_model(repo):
     version = client.get_model_version_by_alias("fer2013-resnet18", "candidate")
     run = client.get_run(version.run_id)
     assert version.tags["test_accuracy"] == f"{evaluation['test']['accuracy']:.4f}"
-    assert version.tags["tta"] == "hflip"
+    assert (version.tags["tta"], version.tags["logit_adjustment"]) == ("ten_crop", "0.5")
     assert run.data.metrics["summary/test_accuracy_no_tta"] == pytest.approx(
         evaluation["test_no_tta"]["accuracy"])
     assert run.data.metrics["summary/test_macro_f1_ci_high"] == pytest.approx(
@@ -312,8 +315,8 @@ def test_served_model_answers_like_the_predict_command(repo, tmp_path):
              r, env, stdout_only=True)
     predicted, on_photo = [json.loads(line) for line in out.splitlines()]
     out = sh([sys.executable, "-m", "ferpipe.predict", str(tmp_path / "face.png"), "--model",
-              REGISTERED, "--json"], r, env, stdout_only=True)  # the default TTA: hflip
-    predicted_hflip = json.loads(out)
+              REGISTERED, "--json"], r, env, stdout_only=True)  # defaults: ten_crop, tau 0.5
+    predicted_default = json.loads(out)
     assert predicted["whole_image"] is True  # a 48 x 48 crop: classified whole
     assert on_photo["whole_image"] is False
     gray = np.asarray(Image.open(tmp_path / "astronaut.png").convert("L"))
@@ -337,9 +340,17 @@ def test_served_model_answers_like_the_predict_command(repo, tmp_path):
             assert served[name] == pytest.approx(p, abs=1e-5)
         for name, p in on_photo["probabilities"].items():
             assert served_photo[name] == pytest.approx(p, abs=1e-5)  # batch of 2 vs 1
-        (flipped,) = post(f"{url}/invocations", {"inputs": [image.tolist()]})  # default: hflip
-        for name, p in predicted_hflip["probabilities"].items():
-            assert flipped[name] == pytest.approx(p, abs=1e-5)
+        (default,) = post(f"{url}/invocations", {"inputs": [image.tolist()]})
+        for name, p in predicted_default["probabilities"].items():
+            assert default[name] == pytest.approx(p, abs=1e-5)
+        # without the logit adjustment: the plain probabilities, as the predict command's
+        (plain,) = post(f"{url}/invocations", {"inputs": [image.tolist()],
+                                               "params": {"tta": "none", "logit_adjustment": 0}})
+        out = sh([sys.executable, "-m", "ferpipe.predict", str(tmp_path / "face.png"), "--model",
+                  REGISTERED, "--json", "--tta", "none", "--logit-adjustment", "0"], r, env,
+                 stdout_only=True)
+        for name, p in json.loads(out)["probabilities"].items():
+            assert plain[name] == pytest.approx(p, abs=1e-5)
 
 
 def test_mlflow_ui_opens_on_the_runs_table_with_the_headline_columns(repo):

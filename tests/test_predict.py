@@ -1,5 +1,6 @@
 """Predicting on photos: TTA views, face detection on a real photo, cropping, the CLI."""
 
+import dataclasses
 import io
 import json
 import os
@@ -20,8 +21,8 @@ from ferpipe.device import StepContext
 from ferpipe.faces import FaceDetector, crop_face
 from ferpipe.inference import Classifier, predict_log_proba, tta_views
 from ferpipe.predict import main
-from ferpipe.predictor import Predictor
-from tests.fakedata import face_like, help_blocks, random_checkpoint
+from ferpipe.predictor import Predictor, probabilities
+from tests.fakedata import TRAIN_COUNTS, face_like, help_blocks, random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The astronaut's face in skimage.data.astronaut() (512 x 512), as OpenCV's default cascade
@@ -119,8 +120,37 @@ def test_predictor_classifies_faces_and_falls_back_to_the_whole_image(checkpoint
     crop = face_like(3, np.random.default_rng(0))
     (whole,) = predictor.predict_image(crop, "crop")
     assert whole.whole_image and whole.box == (0, 0, 48, 48)
-    expected = predictor.classifier.predict(crop[None], tta="hflip")[0]  # Predictor's default
+    # Predictor's defaults: ten-crop TTA and logit adjustment 0.5 (`probabilities`)
+    expected = probabilities(predictor.classifier, crop[None], "ten_crop", 0.5)[0]
     assert [whole.probabilities[n] for n in CLASS_NAMES] == pytest.approx(expected.tolist())
+
+
+def test_probabilities_apply_the_logit_adjustment_as_the_evaluate_stage_does(checkpoint):
+    """softmax(log p - tau log prior) is p x prior^-tau renormalized; its argmax is the evaluate
+    stage's (`adjust_logits` of the log-probabilities)."""
+    from ferpipe.inference import adjust_logits
+
+    clf = Classifier.from_checkpoint(checkpoint)
+    counts = clf.class_counts
+    assert counts == TRAIN_COUNTS  # FER2013 train's imbalance, recorded by the checkpoint
+    images = np.stack([face_like(c % 7, np.random.default_rng(c)) for c in range(12)])
+    plain = clf.predict(images, "hflip")
+    assert probabilities(clf, images, "hflip", 0.0) == pytest.approx(plain)
+    prior = np.array(counts) / sum(counts)
+    for tau in (0.5, 1.0):
+        got = probabilities(clf, images, "hflip", tau)
+        expected = plain * prior ** -tau
+        np.testing.assert_allclose(got, expected / expected.sum(1, keepdims=True), rtol=1e-4)
+        assert got.dtype == np.float32 and got.sum(1) == pytest.approx(np.ones(12), abs=1e-5)
+        evaluate = adjust_logits(torch.from_numpy(plain).log(), counts, tau).argmax(1).numpy()
+        np.testing.assert_array_equal(got.argmax(1), evaluate)
+    # the rare class (disgust, 436 images) gains the most
+    assert (probabilities(clf, images, "hflip", 1.0)[:, 1] > plain[:, 1]).all()
+    # a classifier without class counts (an older file) is not adjusted
+    old = dataclasses.replace(clf, class_counts=None)
+    assert probabilities(old, images, "hflip", 1.0) == pytest.approx(plain)
+    with pytest.raises(ValueError, match="logit adjustment: got -0.5; expected a number >= 0"):
+        probabilities(clf, images, "hflip", -0.5)
 
 
 def test_cli_json_lines_errors_and_annotations(checkpoint, photos, tmp_path, capsys):
@@ -172,6 +202,7 @@ def test_cli_table_and_help(checkpoint, photos, capsys):
     ("--margin", "lots", "argument --margin: expected a number, got 'lots'"),
     ("--max-side", "-5", "argument --max-side: expected 0 or more, got -5"),
     ("--min-face", "3", "argument --min-face: expected 0.0 and 1.0, got 3"),
+    ("--logit-adjustment", "-1", "argument --logit-adjustment: expected 0.0 or more, got -1"),
 ])
 def test_bad_options_are_usage_errors_before_any_file_is_read(checkpoint, photos, capsys,
                                                               option, value, message):

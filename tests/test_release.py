@@ -19,7 +19,7 @@ from ferpipe.errors import CheckpointError
 from ferpipe.export import check_images, export_onnx, load_onnx_classifier
 from ferpipe.inference import Classifier
 from ferpipe.predict import main as predict_main
-from ferpipe.predictor import DEFAULT_MODEL, default_model
+from ferpipe.predictor import DEFAULT_MODEL, default_model, probabilities
 from ferpipe.serving import save_serving_model
 from tests.fakedata import face_like
 from tests.test_export import make_checkpoint
@@ -27,20 +27,24 @@ from tests.test_export import make_checkpoint
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("release") / "model.pt", seed=3)
+    # Without class counts: a random model's near-uniform probabilities, logit-adjusted, would
+    # predict the rarest class for every image, and the checks below would not see the model.
+    return make_checkpoint(tmp_path_factory.mktemp("release") / "model.pt", seed=3,
+                           class_counts=None)
 
 
 @pytest.fixture(scope="module")
 def prepared(checkpoint, tmp_path_factory):
-    """A prepared folder (val.npz, test.npz) whose labels are the checkpoint's own hflip
-    predictions on 60 of 80 face-like images and other classes on the rest, so the checkpoint
-    scores exactly 75% and a released model that disagrees on any image scores differently."""
+    """A prepared folder (val.npz, test.npz) whose labels are the checkpoint's own predictions
+    with the release's default scoring (ten-crop, logit adjustment 0.5) on 60 of 80 face-like
+    images and other classes on the rest, so the checkpoint scores exactly 75% and a released
+    model that disagrees on any image scores differently."""
     folder = tmp_path_factory.mktemp("prepared")
     full = Classifier.from_checkpoint(checkpoint)
     rng = np.random.default_rng(0)
     for name in ("val", "test"):
         images = np.stack([face_like(i % 7, rng) for i in range(80)])
-        labels = full.predict(images, tta="hflip").argmax(1)
+        labels = probabilities(full, images).argmax(1)
         labels[60:] = (labels[60:] + 1) % 7
         save_split({"images": images, "labels": labels.astype(np.int64),
                     "files": np.array([f"{name}_{i}.png" for i in range(80)])},
@@ -90,7 +94,8 @@ def test_release_writes_the_model_and_its_record(checkpoint, prepared, tmp_path)
     assert json.loads((folder / "model.json").read_text()) == info
     assert info["sha256"] == sha256_of(folder / "model.onnx")
     assert info["bytes"] == (folder / "model.onnx").stat().st_size <= rel.MAX_BYTES
-    assert info["run_id"] == "a" * 32 and info["tta"] == "hflip"
+    assert info["run_id"] == "a" * 32
+    assert (info["tta"], info["logit_adjustment"]) == ("ten_crop", 0.5)  # ferpipe-predict's
     assert info["checkpoint_sha256"] == sha256_of(checkpoint)
     assert info["params"]["model"]["stem"] == "standard"
     for split in ("val", "test"):
@@ -116,16 +121,18 @@ def test_a_release_that_does_not_improve_on_val_leaves_the_released_model(
 
 
 def test_a_lossy_conversion_is_refused_and_writes_nothing(checkpoint, prepared, tmp_path):
-    """A conversion that costs accuracy (here: weights rounded to 2 significant bits) is refused
-    with one message naming the split and the drop; the destination stays empty."""
+    """A conversion that costs accuracy (here: the values of each large weight tensor shuffled,
+    seeded) is refused with one message naming the split and the drop; the destination stays
+    empty."""
     def lossy(proto):
         from onnx import numpy_helper
 
+        rng = np.random.default_rng(0)
         for init in proto.graph.initializer:
             w = numpy_helper.to_array(init)
             if w.dtype == np.float32 and w.size >= 1024:
-                m, e = np.frexp(w)
-                init.CopyFrom(numpy_helper.from_array(np.ldexp(np.round(m * 2) / 2, e), init.name))
+                shuffled = rng.permutation(w.ravel()).reshape(w.shape)
+                init.CopyFrom(numpy_helper.from_array(shuffled, init.name))
         return proto
 
     folder = tmp_path / "released"
@@ -201,8 +208,8 @@ def test_the_served_model_folder_of_the_released_model_answers_as_predict(shippe
     served = mlflow.pyfunc.load_model(str(dest))
     crops = np.stack([face_like(i, np.random.default_rng(i)) for i in range(3)]).astype(np.float32)
     got = served.predict(crops)
-    expected = load_onnx_classifier(shipped / "model.onnx").predict(crops.astype(np.uint8),
-                                                                     tta="hflip")
+    expected = probabilities(load_onnx_classifier(shipped / "model.onnx"),
+                             crops.astype(np.uint8))  # the defaults: ten-crop, tau 0.5
     np.testing.assert_allclose(got.to_numpy(), expected, atol=1e-6)
     with pytest.raises(Exception, match="exists; expected a new folder"):
         save_serving_model(dest)
@@ -217,5 +224,6 @@ def test_the_shipped_released_model_is_the_one_its_record_describes():
         s = info[split]
         assert 100 * (s["accuracy_full"] - s["accuracy_released"]) <= rel.MAX_DROP_POINTS
     classifier = load_onnx_classifier(rel.RELEASED_MODEL)
+    assert info["logit_adjustment"] == 0 or classifier.class_counts  # the prior travels with it
     probs = classifier.predict(check_images(classifier.image_size)[:1], tta="hflip")
     assert classifier.class_names[int(probs.argmax())] == "happy"  # the astronaut smiles

@@ -21,7 +21,7 @@ from skimage import data as skdata
 
 from ferpipe.data import CLASS_NAMES
 from ferpipe.inference import Classifier
-from ferpipe.predictor import Predictor, load_gray
+from ferpipe.predictor import Predictor, load_gray, probabilities
 from ferpipe.serving import ExpressionModel, log_serving_model, to_pixels
 from tests.fakedata import face_like, random_checkpoint
 from tests.servers import free_port, server_on
@@ -102,11 +102,12 @@ def test_photos_answer_as_the_predict_command_does(server, checkpoint):
     wrapped = "\n".join(jpeg[i:i + 76] for i in range(0, len(jpeg), 76))  # as `base64` writes
     photos = [base64.b64encode(files[0]).decode(), "data:image/jpeg;base64," + wrapped,
               base64.b64encode(files[2]).decode()]
-    status, body = post(server, {"inputs": {"image": photos}})  # the default TTA: hflip
+    status, body = post(server, {"inputs": {"image": photos}})  # defaults: ten_crop, tau 0.5
     assert status == 200, body
     answers = json.loads(body)["predictions"]
 
-    predictor = Predictor(Classifier.from_checkpoint(checkpoint), tta="hflip")
+    predictor = Predictor(Classifier.from_checkpoint(checkpoint), tta="ten_crop",
+                          logit_adjustment=0.5)
     expected = [p.as_dict() for data in files
                 for p in predictor.predict_image(load_gray(io.BytesIO(data))[1], "x")]
     assert [a["image"] for a in answers] == [0, 1, 2]  # one face in each, the crop whole
@@ -139,25 +140,33 @@ def test_pixel_crops_answer_as_the_classifier_does(server, checkpoint):
     images = np.stack([face_like(c, np.random.default_rng(c)) for c in range(3)])
     images[2] = 0  # an all-black image is not taken for normalized pixels
     classifier = Classifier.from_checkpoint(checkpoint)
-    for params, tta in (({}, "hflip"), ({"params": {"tta": "none"}}, "none"),
-                        ({"params": {"tta": "ten_crop"}}, "ten_crop")):
-        status, body = post(server, {"inputs": images.tolist(), **params})
+    for params, tta, tau in (({}, "ten_crop", 0.5), ({"tta": "none"}, "none", 0.5),
+                             ({"tta": "hflip", "logit_adjustment": 1}, "hflip", 1.0),
+                             ({"tta": "none", "logit_adjustment": 0}, "none", 0.0)):
+        status, body = post(server, {"inputs": images.tolist(), "params": params})
         assert status == 200, body
-        answers = json.loads(body)["predictions"]
-        assert [list(a) for a in answers] == [list(CLASS_NAMES)] * 3
-        np.testing.assert_allclose([list(a.values()) for a in answers],
-                                   classifier.predict(images, tta=tta), atol=1e-5)
+        answers = np.array([list(a.values()) for a in json.loads(body)["predictions"]])
+        assert [list(a) for a in json.loads(body)["predictions"]] == [list(CLASS_NAMES)] * 3
+        np.testing.assert_allclose(answers, probabilities(classifier, images, tta, tau),
+                                   atol=1e-5)
+        unadjusted = classifier.predict(images, tta=tta)
+        if tau:  # the adjustment moved them: the rare class (disgust) up
+            assert (answers[:, 1] > unadjusted[:, 1]).all()
+        else:
+            np.testing.assert_allclose(answers, unadjusted, atol=1e-5)
 
 
 def test_the_logged_default_tta_is_the_one_asked_for(checkpoint, tmp_path):
-    """The evaluate stage logs the model with `evaluate.tta` as the TTA of a request without
-    params: MLflow fills it in from the params schema."""
+    """The evaluate stage logs the model with `evaluate.tta` and `evaluate.logit_adjustment` as
+    the TTA and tau of a request without params: MLflow fills them in from the params schema."""
     images = np.stack([face_like(c, np.random.default_rng(c)) for c in range(2)])
     expected = Classifier.from_checkpoint(checkpoint).predict(images, tta="none")
     with temp_store(tmp_path):
-        uri = log_serving_model(checkpoint, images.astype(np.float32), tta="none")
+        uri = log_serving_model(checkpoint, images.astype(np.float32), tta="none",
+                                logit_adjustment=0.0)
         model = mlflow.pyfunc.load_model(uri)
-    assert model.metadata.get_params_schema().params[0].default == "none"
+    assert {p.name: p.default for p in model.metadata.get_params_schema().params} == {
+        "tta": "none", "logit_adjustment": 0.0}
     np.testing.assert_allclose(model.predict(images.astype(np.float32)).to_numpy(),
                                expected, atol=1e-6)
 
@@ -169,6 +178,8 @@ PIXELS = "expected pixel values 0-255 (not normalized); got"
 @pytest.mark.parametrize("body, message", [
     ({"inputs": [FACE.tolist()], "params": {"tta": "vflip"}},
      "params.tta: got 'vflip'; expected one of ['none', 'hflip', 'ten_crop']"),
+    ({"inputs": [FACE.tolist()], "params": {"logit_adjustment": -1}},
+     "params.logit_adjustment: got -1.0; expected a number >= 0"),
     ({"inputs": [(FACE * 2.0).tolist()]}, f"{PIXELS} {FACE.min() * 2.0}..{FACE.max() * 2.0}"),
     ({"inputs": [(FACE - 300.0).tolist()]}, f"{PIXELS} {FACE.min() - 300.0}..{FACE.max() - 300.0}"),
     ({"inputs": [[[float("nan")] * 48] * 48]}, f"{PIXELS} NaN"),
@@ -189,7 +200,7 @@ PIXELS = "expected pixel values 0-255 (not normalized); got"
     ({"inputs": {"photo": ["iVBORw0K"]}}, "expected the one input 'image' (base64-encoded "
                                           "photos) or a list of 48x48 pixel arrays; got inputs "
                                           "['photo']"),
-], ids=["tta", "over-255", "negative", "nan", "normalized", "empty", "flat", "non-numeric",
+], ids=["tta", "tau", "over-255", "negative", "nan", "normalized", "empty", "flat", "non-numeric",
         "no-photos", "not-base64", "not-an-image", "photo-not-a-string", "unknown-input"])
 def test_a_bad_request_gets_400_and_one_short_message(server, body, message):
     status, text = post(server, body)
@@ -215,6 +226,6 @@ def test_the_model_rounds_pixels_and_names_the_classes(checkpoint):
     images = np.stack([face_like(c, np.random.default_rng(c)) for c in range(3)])
     out = model.predict(None, images.astype(np.float32).tolist())
     assert list(out.columns) == list(CLASS_NAMES) and out.shape == (3, 7)
-    expected = Classifier.from_checkpoint(checkpoint).predict(images, tta="hflip")  # default
+    expected = probabilities(Classifier.from_checkpoint(checkpoint), images)  # the defaults
     np.testing.assert_allclose(out.to_numpy(), expected, atol=1e-6)
     np.testing.assert_array_equal(to_pixels([[[0.4, 254.6] * 24] * 48], 48)[0, 0, :2], [0, 255])
