@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 import time
 from collections.abc import Iterator
@@ -76,16 +75,13 @@ def table_line(p: Prediction, names: list[str]) -> str:
     return f"{p.file}\t{p.face}\t{box}\t{p.expression}{flag}\t{p.probability:.3f}\t{probs}"
 
 
-def bounded(kind: type, low: float, high: float | None = None):
-    """An argparse type: a finite `kind` number in [low, high] (high None: no upper bound); the
-    option parsers of `ferpipe.serving` and `ferpipe.release` use it too."""
+def _bounded(kind: type, low: float, high: float | None = None):
+    """An argparse type: a `kind` number in [low, high] (high None: no upper bound)."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
         if not (low <= value and (high is None or value <= high)):
             upper = f" and {high}" if high is not None else " or more"
             raise argparse.ArgumentTypeError(f"expected {low}{upper}, got {text}")
@@ -125,35 +121,35 @@ def build_parser() -> argparse.ArgumentParser:
                         help="test-time augmentation (default %(default)s: what the evaluate "
                              "stage uses for the README's test accuracy, evaluate.tta, chosen "
                              "on val)")
-    parser.add_argument("--logit-adjustment", type=bounded(float, 0.0), metavar="TAU",
+    parser.add_argument("--logit-adjustment", type=_bounded(float, 0.0), metavar="TAU",
                         default=DEFAULT_LOGIT_ADJUSTMENT,
                         help="post-hoc logit adjustment: log-probabilities minus TAU x log(the "
                              "training class prior), favouring rare classes (default "
                              "%(default)s: evaluate.logit_adjustment, chosen on val with the "
                              "TTA; 0: off)")
-    parser.add_argument("--tta-crop", type=bounded(int, 1), default=None,
+    parser.add_argument("--tta-crop", type=_bounded(int, 1), default=None,
                         help="ten-crop side, pixels, at most the model's image size (default "
                              "%(default)s: the model's training crop, or 44 for a model trained "
                              "on whole images)")
-    parser.add_argument("--margin", type=bounded(float, 0.0, 2.0), default=0.1,
+    parser.add_argument("--margin", type=_bounded(float, 0.0, 2.0), default=0.1,
                         help="added around each face box on every side, fraction of its side")
-    parser.add_argument("--min-face", type=bounded(float, 0.0, 1.0), default=0.15,
+    parser.add_argument("--min-face", type=_bounded(float, 0.0, 1.0), default=0.15,
                         help="smallest face searched, fraction of the image's shorter side")
-    parser.add_argument("--max-side", type=bounded(int, 0), default=320,
+    parser.add_argument("--max-side", type=_bounded(int, 0), default=320,
                         help="search faces on a copy downscaled to this many pixels (longer "
                              "side; 0: full size)")
-    parser.add_argument("--small-faces", type=bounded(int, 0), default=1600, metavar="SIDE",
+    parser.add_argument("--small-faces", type=_bounded(int, 0), default=1600, metavar="SIDE",
                         help="when that finds no face, search again on a copy of at most SIDE "
                              "pixels for faces down to 24 pixels (group photos; 0: the full "
                              "size)")
     parser.add_argument("--timing", action="store_true",
                         help="also print the milliseconds per image file (model already loaded)")
-    parser.add_argument("--webcam", metavar="INDEX", type=bounded(int, 0), default=None,
+    parser.add_argument("--webcam", metavar="INDEX", type=_bounded(int, 0), default=None,
                         help="read the webcam with this OpenCV index instead of files (default "
                              "%(default)s: no webcam)")
-    parser.add_argument("--every", metavar="N", type=bounded(int, 1), default=1,
+    parser.add_argument("--every", metavar="N", type=_bounded(int, 1), default=1,
                         help="classify every N-th video frame")
-    parser.add_argument("--max-frames", metavar="N", type=bounded(int, 1), default=None,
+    parser.add_argument("--max-frames", metavar="N", type=_bounded(int, 1), default=None,
                         help="stop a video or the webcam after N frames (default %(default)s: "
                              "the end of the file; Ctrl-C for the webcam)")
     return parser

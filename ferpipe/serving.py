@@ -347,8 +347,6 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import sys
 
-    from ferpipe.predict import bounded
-
     parser = argparse.ArgumentParser(
         description="Save the served model as an MLflow model folder, to serve without a "
                     "tracking store: mlflow models serve -m DEST --env-manager local.")
@@ -358,10 +356,12 @@ def main(argv: list[str] | None = None) -> None:
                              "else the released model)")
     parser.add_argument("--tta", choices=TTA_MODES, default=DEFAULT_TTA,
                         help="the TTA of a request that names none")
-    parser.add_argument("--logit-adjustment", type=bounded(float, 0.0),
-                        default=DEFAULT_LOGIT_ADJUSTMENT, metavar="TAU",
-                        help="the logit adjustment tau (>= 0) of a request that names none")
+    parser.add_argument("--logit-adjustment", type=float, default=DEFAULT_LOGIT_ADJUSTMENT,
+                        metavar="TAU", help="the logit adjustment tau (>= 0) of a request that "
+                                            "names none")
     args = parser.parse_args(argv)
+    if not (args.logit_adjustment >= 0 and np.isfinite(args.logit_adjustment)):
+        parser.error(f"--logit-adjustment: got {args.logit_adjustment}; expected a number >= 0")
     dest, which = save_serving_model(args.dest, args.model, args.tta, args.logit_adjustment)
     print(which, file=sys.stderr)
     print(f"wrote {dest}; serve it with: mlflow models serve -m {dest} --env-manager local")
