@@ -27,10 +27,10 @@ Modules, in the order data flows:
 - `video`: videos and webcams, frame by frame, and their CSV rows.
 - `predict`: the `ferpipe-predict` command (its options, output and exit status).
 - `serving`: the MLflow pyfunc model, the model registry, and a served-model folder without a
-  store (`python -m ferpipe.serving`).
+  store (`python -m ferpipe.serve.pyfunc`).
 - `export`: the ONNX export, its check against PyTorch, and the onnxruntime classifier.
 - `release`: the released model shipped in `ferpipe/released/` (fp16-stored ONNX) and its record.
 - `bench`: the `ferpipe-bench` command (training speed side by side, profile, predict latency).
-- `gpucheck`: `python -m ferpipe.gpucheck`, the offline GPU check (speed, syncs, a short run).
+- `gpucheck`: `python -m ferpipe.tools.gpucheck`, the offline GPU check (speed, syncs, a short run).
 - `codedeps`: which package modules a script imports (dvc.yaml deps, resume fingerprint).
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Download the wheels the GPU check (python -m ferpipe.gpucheck) needs beyond what a GPU machine
+# Download the wheels the GPU check (python -m ferpipe.tools.gpucheck) needs beyond what a GPU machine
 # typically has (Python 3.12 with torch, torchvision, numpy, PyYAML, tqdm; no pip index there):
 # pydantic, at requirements.txt's version, with its dependencies, for CPython 3.12 on x86-64
 # Linux, into vendor/wheels/ (ignored by git). Run it on a machine with internet; then copy the

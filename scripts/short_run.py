@@ -20,11 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path.cwd()))  # the checkout it runs in, not an installed ferpipe
 
-from ferpipe.data import CLASS_NAMES, load_split, read_json  # noqa: E402
-from ferpipe.device import StepContext, resolve_amp, resolve_device  # noqa: E402
-from ferpipe.model import build_model  # noqa: E402
-from ferpipe.params import load_params  # noqa: E402
-from ferpipe.training import fit  # noqa: E402
+from ferpipe.core.files import read_json  # noqa: E402
+from ferpipe.core.params import load_params  # noqa: E402
+from ferpipe.data.splits import CLASS_NAMES, load_split
+from ferpipe.model.device import StepContext, resolve_amp, resolve_device  # noqa: E402
+from ferpipe.model.network import build_model  # noqa: E402
+from ferpipe.train.fit import fit  # noqa: E402
 
 
 def main() -> None:

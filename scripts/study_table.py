@@ -4,7 +4,7 @@ For each experiment (a name as `dvc exp run -n` gave it, found among the local `
 reads the train stage's `metrics/train.json`, `metrics/history.csv` and `params.yaml` from the
 experiment's commit, takes its best checkpoint (`models/model.pt`) from the DVC cache by the hash in
 the experiment's `dvc.lock`, and scores that checkpoint on the val split (never test) without TTA
-and with hflip TTA: accuracy, macro-F1 and balanced accuracy (`ferpipe.metrics`).
+and with hflip TTA: accuracy, macro-F1 and balanced accuracy (`ferpipe.evaluate.metrics`).
 
 Writes `<out>/<name>.json` (the params that differ from the baseline commit's, the train
 summary, the val scores) and `<out>/<name>.history.csv`, and prints one markdown table row per
@@ -28,8 +28,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ferpipe.data import load_split  # noqa: E402
-from ferpipe.params import flatten, load_params  # noqa: E402
+from ferpipe.core.params import flatten, load_params  # noqa: E402
+from ferpipe.data.splits import load_split  # noqa: E402
 
 
 def git(*args: str) -> str:

@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-from ferpipe.data import write_json
-from ferpipe.errors import run_main
-from ferpipe.fetch import fetch_raw
-from ferpipe.outputs import stage_outputs
-from ferpipe.params import load_params, stage_args
+from ferpipe.core.errors import run_main
+from ferpipe.core.files import write_json
+from ferpipe.core.outputs import stage_outputs
+from ferpipe.core.params import load_params, stage_args
+from ferpipe.data.fetch import fetch_raw
 
 
 def main() -> None:

@@ -19,17 +19,19 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from ferpipe import export, tracking
-from ferpipe.data import load_split, read_json, write_json
-from ferpipe.device import resolve_device
-from ferpipe.drawing import annotate
-from ferpipe.errors import run_main
-from ferpipe.handoffs import check_data_counts, check_train_summary
-from ferpipe.inference import Classifier, adjust_logits, predict_log_proba
-from ferpipe.metrics import classification_metrics, confidence_intervals, report_text
-from ferpipe.outputs import stage_outputs
-from ferpipe.params import TTA_MODES, Evaluate, load_params, stage_args
-from ferpipe.predictor import Predictor
+from ferpipe.core import store, tracking
+from ferpipe.core.errors import run_main
+from ferpipe.core.files import read_json, write_json
+from ferpipe.core.handoffs import check_data_counts, check_train_summary
+from ferpipe.core.outputs import stage_outputs
+from ferpipe.core.params import TTA_MODES, Evaluate, load_params, stage_args
+from ferpipe.data.splits import load_split
+from ferpipe.evaluate.metrics import classification_metrics, confidence_intervals, report_text
+from ferpipe.model.device import resolve_device
+from ferpipe.model.inference import Classifier, adjust_logits, predict_log_proba
+from ferpipe.model.network import export
+from ferpipe.predict.drawing import annotate
+from ferpipe.predict.predictor import Predictor
 
 #: Post-hoc logit-adjustment strengths scored on val (with every TTA mode), so that
 #: evaluate.logit_adjustment and evaluate.tta are chosen on val, never on test.
@@ -113,11 +115,11 @@ def print_val_settings(params: str = "params.yaml") -> None:
 
 def main() -> None:
     cfg = load_params(stage_args(__doc__).params).evaluate
-    # The earlier stages' summaries, checked before the model is loaded (ferpipe/handoffs.py)
+    # The earlier stages' summaries, checked before the model is loaded (ferpipe/core/handoffs.py)
     trained = check_train_summary(read_json("metrics/train.json"), "metrics/train.json")
     counts_file = check_data_counts(read_json("metrics/data.json"), "metrics/data.json")
     tracking.read_run_record(cfg.run)  # logged into at the end: checked now
-    tracking.check_store()
+    store.check_store()
     test = load_split(cfg.test)
     scorer = Scorer(cfg)
     classifier, model = scorer.classifier, scorer.model
@@ -163,7 +165,7 @@ def main() -> None:
             writer.writerows((names[a], names[p]) for a, p in zip(test["labels"], pred))
         annotate(photo, faces, outs.file("metrics/astronaut.png"))
 
-    with tracking.store_errors("the evaluation was not logged into the run", "the outputs are "
+    with store.store_errors("the evaluation was not logged into the run", "the outputs are "
                                "written; run `dvc repro evaluate` again to log them"), \
             tracking.resume_run(cfg.run) as run:
         # Run summaries under summary/, named as in metrics/summary.json (train's are there too)
@@ -182,7 +184,7 @@ def main() -> None:
             # Imported here: defining its MLflow model class prints MLflow's warning that
             # `predict` has no type hints (it has none on purpose), which would otherwise come
             # before any error line of the checks above.
-            from ferpipe import serving
+            from ferpipe.serve import pyfunc as serving
 
             example = serving.generated_example(classifier.image_size)
             uri = serving.log_serving_model(cfg.model, example, tta=cfg.tta,
@@ -198,7 +200,7 @@ def main() -> None:
         export.log_onnx_model(cfg.model, cfg.registry_name if cfg.registry else None,
                               cfg.registry_alias)
         print(f"MLflow: run `mlflow ui` here, then open "
-              f"{tracking.ui_url(run.info.experiment_id)}")
+              f"{store.ui_url(run.info.experiment_id)}")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import mlflow
 
-from ferpipe import plots, tracking
-from ferpipe.data import load_split, read_json, read_table
-from ferpipe.errors import run_main
-from ferpipe.handoffs import check_eval
-from ferpipe.outputs import stage_outputs
-from ferpipe.params import load_params, stage_args
+from ferpipe.core import store, tracking
+from ferpipe.core.errors import run_main
+from ferpipe.core.files import read_json
+from ferpipe.core.handoffs import check_eval
+from ferpipe.core.outputs import stage_outputs
+from ferpipe.core.params import load_params, stage_args
+from ferpipe.data.splits import load_split, read_table
+from ferpipe.evaluate import plots
 
 #: The PNGs written to `plot.out`.
 PLOTS = ("accuracy.png", "loss.png", "lr.png", "confusion.png", "per_class_f1.png")
@@ -20,7 +22,7 @@ PLOTS = ("accuracy.png", "loss.png", "lr.png", "confusion.png", "per_class_f1.pn
 
 def main() -> None:
     cfg = load_params(stage_args(__doc__).params).plot
-    # Every file of the earlier stages checked before anything is drawn (ferpipe/handoffs.py)
+    # Every file of the earlier stages checked before anything is drawn (ferpipe/core/handoffs.py)
     history, lr = read_table("history"), read_table("lr")
     per_class = check_eval(read_json("metrics/eval.json"), "metrics/eval.json")["test"]["per_class"]
     names = list(per_class)
@@ -28,7 +30,7 @@ def main() -> None:
     actual, predicted = pairs["actual"].tolist(), pairs["predicted"].tolist()
     test_images = load_split(cfg.test)["images"]
     tracking.read_run_record(cfg.run)  # logged into at the end: checked now
-    tracking.check_store()
+    store.check_store()
     with stage_outputs() as outs:
         folder = outs.folder(cfg.out, "plot", set(PLOTS))
         plots.curves(history, "accuracy", folder / "accuracy.png")
@@ -39,7 +41,7 @@ def main() -> None:
         plots.prediction_grid(test_images, actual, predicted,
                               outs.file(cfg.grid), n=cfg.grid_images, seed=cfg.seed)
     written = [*(Path(cfg.out) / name for name in PLOTS), Path(cfg.grid)]
-    with tracking.store_errors("the plots were not logged into the run", "the outputs are "
+    with store.store_errors("the plots were not logged into the run", "the outputs are "
                                "written; run `dvc repro plot` again to log them"), \
             tracking.resume_run(cfg.run):
         for path in written:

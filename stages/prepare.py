@@ -4,18 +4,19 @@ Writes data/prepared/<split>.npz, metrics/data.json (images per split and class)
 metrics/quality.json (duplicates, test leakage, blank, bad and converted images per split and
 class) and metrics/bad_files.csv (every file that could not be decoded, with the reason).
 Nothing is written when a check fails: every output goes to a temp name first and all are
-renamed into place at the end (see ferpipe.outputs).
+renamed into place at the end (see ferpipe.core.outputs).
 """
 
 import csv
 from pathlib import Path
 
-from ferpipe.data import RAW_ARCHIVE, DataError, class_counts, save_split, stratified_split, write_json
-from ferpipe.decode import decode_archive
-from ferpipe.errors import run_main
-from ferpipe.outputs import Outputs, stage_outputs
-from ferpipe.params import Prepare, load_params, stage_args
-from ferpipe.quality import check_bad_fraction, clean_splits
+from ferpipe.core.errors import DataError, run_main
+from ferpipe.core.files import write_json
+from ferpipe.core.outputs import Outputs, stage_outputs
+from ferpipe.core.params import Prepare, load_params, stage_args
+from ferpipe.data.decode import decode_archive
+from ferpipe.data.quality import check_bad_fraction, clean_splits
+from ferpipe.data.splits import RAW_ARCHIVE, class_counts, save_split, stratified_split
 
 SPLITS = ("train", "val", "test")
 

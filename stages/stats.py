@@ -1,9 +1,10 @@
 """Stage 3, stats: mean and std of the training pixels ([0, 1] units) to data/stats.json."""
 
-from ferpipe.data import load_split, pixel_stats, write_json
-from ferpipe.errors import run_main
-from ferpipe.outputs import stage_outputs
-from ferpipe.params import load_params, stage_args
+from ferpipe.core.errors import run_main
+from ferpipe.core.files import write_json
+from ferpipe.core.outputs import stage_outputs
+from ferpipe.core.params import load_params, stage_args
+from ferpipe.data.splits import load_split, pixel_stats
 
 
 def main() -> None:

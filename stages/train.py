@@ -16,17 +16,19 @@ from pathlib import Path
 import mlflow
 import torch
 
-from ferpipe import tracking
-from ferpipe.codedeps import package_modules
-from ferpipe.data import CLASS_NAMES, class_counts, load_split, read_stats, write_json
-from ferpipe.device import StepContext, precision_name, resolve_amp
-from ferpipe.distributed import Dist, all_reduce, init_distributed, shutdown_distributed
-from ferpipe.errors import run_main
-from ferpipe.model import build_model, save_checkpoint
-from ferpipe.outputs import stage_outputs
-from ferpipe.params import Params, load_params, stage_args
-from ferpipe.resume import Resume, fingerprint
-from ferpipe.training import fit
+from ferpipe.core import store, tracking
+from ferpipe.core.codedeps import package_modules
+from ferpipe.core.errors import run_main
+from ferpipe.core.files import write_json
+from ferpipe.core.outputs import stage_outputs
+from ferpipe.core.params import Params, load_params, stage_args
+from ferpipe.data.splits import CLASS_NAMES, class_counts, load_split, read_stats
+from ferpipe.model.checkpoint import load_checkpoint, save_checkpoint
+from ferpipe.model.device import StepContext, precision_name, resolve_amp
+from ferpipe.model.network import build_model
+from ferpipe.train.distributed import Dist, all_reduce, init_distributed, shutdown_distributed
+from ferpipe.train.fit import fit
+from ferpipe.train.resume import Resume, fingerprint
 
 #: The code a resume checkpoint must have been written by (with the same params and data): this
 #: script and every package module it imports (the list dvc.yaml's deps are checked against).
@@ -64,7 +66,7 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
     amp = resolve_amp(cfg.amp, device)
     stats = read_stats(cfg.stats)  # checked before anything is built or trained
     if dist.is_main:
-        tracking.check_store()  # a tracking server that is down: one line, before anything else
+        store.check_store()  # a tracking server that is down: one line, before anything else
     data_dir, out = Path(cfg.data), Path(cfg.out)
     train, val = load_split(data_dir / "train.npz"), load_split(data_dir / "val.npz")
     size = train["images"].shape[-1]
@@ -86,14 +88,14 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
             dist.world_size, device=device.type, precision=precision))
         resume.load()
     run_id = resume.state["extra"].get("run_id") if resume and resume.state else None
-    # What a failing tracking store leaves, as its error line says (ferpipe/tracking.py).
+    # What a failing tracking store leaves, as its error line says (ferpipe/core/tracking.py).
     relog = ("the outputs are written and models/resume.pt is kept: run `dvc repro train` again "
              "to log them (it resumes after the last epoch, without training)" if resume else
              "the outputs are written; `dvc repro train` logs them only by training again "
              "(train.resume is false)")
     run_context: contextlib.AbstractContextManager = contextlib.nullcontext()
     if dist.is_main:
-        with tracking.store_errors("cannot start the run", "nothing was trained"):
+        with store.store_errors("cannot start the run", "nothing was trained"):
             run_context = tracking.closing(tracking.start_run(cfg.experiment, used, {
                 "device": str(device), "precision": precision,
                 "torch_version": torch.__version__, "world_size": str(dist.world_size)},
@@ -138,7 +140,7 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
                    "device": str(device), "precision": precision}
         write_json(metrics, outs.file("metrics/train.json"))
     # Every file is in place: log them into the run, then drop the resume checkpoint.
-    with tracking.store_errors("the run's summaries, history and model were not logged", relog), \
+    with store.store_errors("the run's summaries, history and model were not logged", relog), \
             tracking.resume_run(out / "mlflow_run.json"):
         # Run summaries under summary/: they must not share a key with a per-epoch series
         # (epoch/images_per_s) and are grouped after the curves in MLflow's charts.
@@ -146,7 +148,8 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
                             if isinstance(v, (int, float))})
         epoch_log.flush(result.history)
         mlflow.log_artifact("metrics/history.csv")
-        tracking.log_model(out / "model.pt")
+        best, ckpt = load_checkpoint(out / "model.pt")
+        tracking.log_model(out / "model.pt", best, int(ckpt.get("input_size", ckpt["image_size"])))
     if resume is not None:
         resume.remove()
     print(f"best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}; "

@@ -11,8 +11,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from ferpipe.data import CLASS_NAMES
-from ferpipe.params import Params, validate_params
+from ferpipe.core.params import Params, validate_params
+from ferpipe.data.splits import CLASS_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,7 +110,8 @@ def random_checkpoint(path: Path, seed: int = 0) -> Path:
     class counts `TRAIN_COUNTS`) at `path`: what the predict and serving tests classify with."""
     import torch
 
-    from ferpipe.model import build_model, save_checkpoint
+    from ferpipe.model.checkpoint import save_checkpoint
+    from ferpipe.model.network import build_model
 
     torch.manual_seed(seed)
     arch = default_params(model={"stem": "standard"}).model

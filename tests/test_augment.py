@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from ferpipe import augment as augment_module
-from ferpipe.augment import augment_batch, auto_augment, normalize, random_erasing
+from ferpipe.model.inference import normalize
+from ferpipe.train import augment as augment_module
+from ferpipe.train.augment import augment_batch, auto_augment, random_erasing
 from tests.fakedata import default_params
 
 
@@ -65,7 +66,7 @@ def test_random_erasing_zeroes_one_rectangle_per_image():
 
 
 def test_random_crop_takes_a_window_of_each_image():
-    from ferpipe.augment import random_crop
+    from ferpipe.train.augment import random_crop
 
     x = torch.arange(4 * 48 * 48, dtype=torch.float32).view(4, 1, 48, 48)
     out = random_crop(x, 40, torch.Generator().manual_seed(0))
@@ -87,7 +88,7 @@ def test_augment_batch_crops_to_the_crop_size():
 
 
 def test_mix_batch_mixup_cutmix_and_off():
-    from ferpipe.augment import mix_batch
+    from ferpipe.train.augment import mix_batch
 
     torch.manual_seed(0)
     x = torch.rand(8, 1, 48, 48)
@@ -158,7 +159,7 @@ def test_affine_crop_equals_sampling_the_whole_image_then_cropping():
     whole transformed image, then `random_crop` with the same offsets), at 40x40 of the work."""
     import torch.nn.functional as F
 
-    from ferpipe.augment import affine_crop, random_crop
+    from ferpipe.train.augment import affine_crop, random_crop
 
     x = batch(32).unsqueeze(1).float() / 255
     angle = torch.linspace(-0.3, 0.3, 32)
@@ -180,7 +181,7 @@ def test_affine_crop_equals_sampling_the_whole_image_then_cropping():
 def test_host_choices_on_the_cpu_come_from_the_generator_itself():
     """On the CPU the host-side draws (mixing coin flips, AutoAugment's seed) use `gen` as
     before; a device generator would be hashed instead of read (no host sync)."""
-    from ferpipe.augment import host_generator
+    from ferpipe.train.augment import host_generator
 
     gen = torch.Generator().manual_seed(3)
     assert host_generator(gen) is gen

@@ -34,7 +34,7 @@ def project(tmp_path_factory):
 
 def test_bench_reports_every_figure(project):
     tmp, env = project
-    proc = subprocess.run([sys.executable, "-m", "ferpipe.bench", "--batches", "2", "--rounds",
+    proc = subprocess.run([sys.executable, "-m", "ferpipe.tools.bench.cli", "--batches", "2", "--rounds",
                            "2", "--workers", "1", "--json", "bench.json"], cwd=tmp, env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -60,7 +60,7 @@ def test_bench_reports_every_figure(project):
 
 def test_bench_overrides_precision_and_stem(project):
     tmp, env = project
-    proc = subprocess.run([sys.executable, "-m", "ferpipe.bench", "--batches", "1", "--rounds",
+    proc = subprocess.run([sys.executable, "-m", "ferpipe.tools.bench.cli", "--batches", "1", "--rounds",
                            "1", "--skip-baseline", "--skip-data", "--no-ceiling", "--amp", "bf16",
                            "--stem", "3x3", "--channels-last", "false", "--json", "b.json"],
                           cwd=tmp, env=env, capture_output=True, text=True)
@@ -73,7 +73,7 @@ def test_bench_overrides_precision_and_stem(project):
 
 def test_bench_compare_measures_settings_side_by_side(project):
     tmp, env = project
-    proc = subprocess.run([sys.executable, "-m", "ferpipe.bench", "--compare",
+    proc = subprocess.run([sys.executable, "-m", "ferpipe.tools.bench.cli", "--compare",
                            "train.fused=false,train.compile=false", "default",
                            "train.batch_size=12,train.lr=0.006", "--batches", "2", "--rounds",
                            "2", "--json", "c.json"], cwd=tmp, env=env, capture_output=True,
@@ -104,7 +104,7 @@ def test_bench_compare_refuses_a_bad_override_in_one_line(project):
     for spec, expected in (("train.lrr=1", "train.lrr: unknown key"),
                            ("lr=1", "expected section.key=value"),
                            ("train.batch_size=5000", "is more than the")):
-        proc = subprocess.run([sys.executable, "-m", "ferpipe.bench", "--compare", spec,
+        proc = subprocess.run([sys.executable, "-m", "ferpipe.tools.bench.cli", "--compare", spec,
                                "--batches", "1", "--rounds", "1"], cwd=tmp, env=env,
                               capture_output=True, text=True)
         assert proc.returncode != 0 and expected in proc.stderr, proc.stderr
@@ -113,7 +113,7 @@ def test_bench_compare_refuses_a_bad_override_in_one_line(project):
 
 def test_bench_profile_splits_the_step_time_by_kind_of_op(project):
     tmp, env = project
-    proc = subprocess.run([sys.executable, "-m", "ferpipe.bench", "--profile", "2", "--json",
+    proc = subprocess.run([sys.executable, "-m", "ferpipe.tools.bench.cli", "--profile", "2", "--json",
                            "p.json"], cwd=tmp, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp / "p.json").read_text())
@@ -132,7 +132,7 @@ def test_step_flops_counts_the_model_and_the_ceiling_is_a_rate():
     import numpy as np
     import torch
 
-    from ferpipe.bench import Setup, matmul_tflops, step_flops
+    from ferpipe.tools.bench.setup import Setup, matmul_tflops, step_flops
     from tests.fakedata import default_params
 
     labels = np.arange(16, dtype=np.int64) % 7
@@ -144,9 +144,10 @@ def test_step_flops_counts_the_model_and_the_ceiling_is_a_rate():
 
 
 def test_predict_latency_figures(tmp_path):
-    from ferpipe.bench import run
-    from ferpipe.data import CLASS_NAMES
-    from ferpipe.model import build_model, save_checkpoint
+    from ferpipe.data.splits import CLASS_NAMES
+    from ferpipe.model.checkpoint import save_checkpoint
+    from ferpipe.model.network import build_model
+    from ferpipe.tools.bench.cli import run
     from tests.fakedata import default_params
 
     checkpoint = tmp_path / "model.pt"
@@ -167,7 +168,7 @@ def test_bench_builds_the_recipe_as_the_train_stage_does():
     import numpy as np
     import torch
 
-    from ferpipe.bench import Setup
+    from ferpipe.tools.bench.setup import Setup
     from tests.fakedata import default_params
 
     params = default_params(model={"stem": "standard"},

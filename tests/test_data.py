@@ -8,19 +8,19 @@ import zipfile
 import numpy as np
 import pytest
 
-from ferpipe.classes import canonical_class, map_class_folders
-from ferpipe.data import (
+from ferpipe.core.errors import DataError
+from ferpipe.core.outputs import MANIFEST
+from ferpipe.data.classes import canonical_class, map_class_folders
+from ferpipe.data.decode import decode_archive
+from ferpipe.data.fetch import fetch_raw
+from ferpipe.data.splits import (
     CLASS_NAMES,
     RAW_ARCHIVE,
-    DataError,
     load_split,
     pixel_stats,
     save_split,
     stratified_split,
 )
-from ferpipe.decode import decode_archive
-from ferpipe.fetch import fetch_raw
-from ferpipe.outputs import MANIFEST
 from tests.fakedata import make_image_folders, make_zip
 
 

@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from ferpipe.data import CLASS_NAMES
-from ferpipe.errors import CheckpointError, FerpipeError
-from ferpipe.export import (
+from ferpipe.core.errors import CheckpointError, FerpipeError
+from ferpipe.data.splits import CLASS_NAMES
+from ferpipe.model.checkpoint import save_checkpoint
+from ferpipe.model.export import (
     METADATA_KEYS,
     OnnxMismatchError,
     check_images,
@@ -23,9 +24,9 @@ from ferpipe.export import (
     load_onnx_classifier,
     log_onnx_model,
 )
-from ferpipe.inference import Classifier
-from ferpipe.model import build_model, save_checkpoint
-from ferpipe.predict import main
+from ferpipe.model.inference import Classifier
+from ferpipe.model.network import build_model
+from ferpipe.predict.cli import main
 from tests.fakedata import TRAIN_COUNTS, default_params, face_like, help_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +168,7 @@ def test_log_onnx_model_logs_checks_and_registers(exported, tmp_path, monkeypatc
 
 
 def test_bench_predict_compares_pytorch_with_onnx(exported, tmp_path):
-    from ferpipe.bench import run
+    from ferpipe.tools.bench.cli import run
 
     checkpoint, _ = exported
     out = tmp_path / "bench.json"
@@ -183,7 +184,7 @@ def test_bench_predict_compares_pytorch_with_onnx(exported, tmp_path):
 
 
 def test_bench_help_shows_every_default():
-    blocks = help_blocks("ferpipe.bench")
+    blocks = help_blocks("ferpipe.tools.bench.cli")
     assert {"--predict", "--compare-onnx", "--model MODEL", "--faces FACES"} <= set(blocks)
     assert [name for name, text in blocks.items() if "default" not in text] == []
     assert "(default: models/model.pt)" in blocks["--model MODEL"]
@@ -191,7 +192,7 @@ def test_bench_help_shows_every_default():
 
 def test_export_command_writes_a_checked_file_or_nothing(exported, tmp_path, capsys,
                                                          monkeypatch):
-    from ferpipe import export
+    from ferpipe.model.network import export
 
     checkpoint = exported[0]
     dest = tmp_path / "out" / "model.onnx"

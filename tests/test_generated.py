@@ -32,10 +32,11 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from ferpipe.data import CLASS_NAMES
-from ferpipe.errors import DataError, ParamsError, shorten
-from ferpipe.params import Params, validate_params
-from ferpipe.sources import csv_members, write_raw_archive
+from ferpipe.core.errors import DataError, ParamsError, shorten
+from ferpipe.core.params import Params, validate_params
+from ferpipe.data.fer2013_csv import csv_members
+from ferpipe.data.raw_archive import write_raw_archive
+from ferpipe.data.splits import CLASS_NAMES
 from tests.fakedata import make_image_folders, make_tar, make_zip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def bounded(n: int) -> settings:
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-# Written out here, independently of ferpipe.sources, from the documented behaviour.
+# Written out here, independently of ferpipe.data.archive, from the documented behaviour.
 #: fer2013.csv's emotion indices.
 CSV_EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 #: fer2013.csv's Usage values and the splits they become.

@@ -23,7 +23,7 @@ def archive(tmp_path_factory):
 
 
 def check(out: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ferpipe.gpucheck", str(out), *args],
+    return subprocess.run([sys.executable, "-m", "ferpipe.tools.gpucheck", str(out), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, **(env or {})})
 
@@ -57,7 +57,7 @@ def test_smoke_runs_every_part_and_writes_its_figures(archive, tmp_path):
 def test_wheels_are_unpacked_first_on_the_path(tmp_path):
     """A wheel is a zip of importable files: the check unpacks it and imports from it, ahead of
     anything else of that name (here a package that refuses to import)."""
-    from ferpipe.gpucheck import use_wheels
+    from ferpipe.tools.gpucheck import use_wheels
 
     wheels = tmp_path / "wheels"
     wheels.mkdir()

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from ferpipe.data import load_split, read_stats, read_table, save_split
-from ferpipe.errors import DataError
-from ferpipe.handoffs import check_data_counts, check_eval, check_run_record, check_train_summary
+from ferpipe.core.errors import DataError
+from ferpipe.core.handoffs import check_data_counts, check_eval, check_run_record, check_train_summary
+from ferpipe.data.splits import load_split, read_stats, read_table, save_split
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ferpipe.metrics import classification_metrics, confidence_intervals, report_text
+from ferpipe.evaluate.metrics import classification_metrics, confidence_intervals, report_text
 
 NAMES = ["a", "b", "c"]
 
@@ -39,7 +39,7 @@ def test_absent_class_scores_zero_without_crashing():
 def test_balanced_accuracy_is_the_mean_recall():
     labels = np.array([0, 0, 0, 0, 1, 1, 2])
     logits = np.eye(3)[[0, 0, 0, 0, 0, 1, 2]] * 5.0  # recalls: 1, 0.5, 1
-    from ferpipe.metrics import classification_metrics as metrics
+    from ferpipe.evaluate.metrics import classification_metrics as metrics
 
     out = metrics(logits, labels, ["a", "b", "c"])
     assert out["accuracy"] == pytest.approx(6 / 7)
@@ -102,7 +102,7 @@ def test_batched_scores_equal_scikit_learn_on_every_resample():
     including rows where a class is absent from labels, predictions or both."""
     from sklearn.metrics import accuracy_score, f1_score
 
-    from ferpipe.metrics import batched_accuracy, batched_macro_f1
+    from ferpipe.evaluate.metrics import batched_accuracy, batched_macro_f1
 
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 7, (200, 12))

@@ -4,15 +4,9 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from ferpipe.errors import CheckpointError
-from ferpipe.model import (
-    PretrainedWeightsError,
-    SmallCNN,
-    build_model,
-    imagenet_cache_file,
-    load_checkpoint,
-    save_checkpoint,
-)
+from ferpipe.core.errors import CheckpointError
+from ferpipe.model.checkpoint import load_checkpoint, save_checkpoint
+from ferpipe.model.network import PretrainedWeightsError, SmallCNN, build_model, imagenet_cache_file
 from tests.fakedata import default_params
 
 

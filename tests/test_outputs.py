@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ferpipe.errors import OutputError
-from ferpipe.outputs import MANIFEST, check_replaceable, output_conflicts, stage_outputs
-from ferpipe.params import ParamsError, validate_params
+from ferpipe.core.errors import OutputError, ParamsError
+from ferpipe.core.outputs import MANIFEST, check_replaceable, output_conflicts, stage_outputs
+from ferpipe.core.params import validate_params
 from tests.fakedata import make_image_folders, make_zip
 from tests.fakerepo import make_repo, sh
 

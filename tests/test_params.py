@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ferpipe.params import MAX_SEED, STEMS, Params, ParamsError, load_params, validate_params
+from ferpipe.core.errors import ParamsError
+from ferpipe.core.params import MAX_SEED, STEMS, Params, load_params, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,8 +211,8 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_predict_and_serving_default_to_the_headline_tta():
     """`ferpipe-predict` and the served model answer as the README's headline accuracy scores:
     the TTA and the logit adjustment of the evaluate stage."""
-    from ferpipe.predict import build_parser
-    from ferpipe.predictor import DEFAULT_LOGIT_ADJUSTMENT, DEFAULT_TTA
+    from ferpipe.model.inference import DEFAULT_LOGIT_ADJUSTMENT, DEFAULT_TTA
+    from ferpipe.predict.cli import build_parser
 
     cfg = load_params(ROOT / "params.yaml").evaluate
     assert (DEFAULT_TTA, DEFAULT_LOGIT_ADJUSTMENT) == (cfg.tta, cfg.logit_adjustment)

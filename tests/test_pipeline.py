@@ -14,8 +14,8 @@ import yaml
 from PIL import Image
 from skimage import data as skdata
 
-from ferpipe import tracking
-from ferpipe.faces import crop_face
+from ferpipe.core import store, tracking
+from ferpipe.predict.faces import crop_face
 from tests.browser import render
 from tests.fakedata import face_like, make_image_folders, make_zip
 from tests.fakerepo import in_terminal, make_repo, read_csv, sh, store_runs
@@ -304,17 +304,17 @@ def post(url, body):
 def test_served_model_answers_like_the_predict_command(repo, tmp_path):
     """`mlflow models serve` of the registered model on a free loopback port: the logged serving
     example, a generated 48 x 48 image and the face the predict command crops from a real photo
-    (skimage's astronaut); both answers equal `ferpipe.predict`'s."""
+    (skimage's astronaut); both answers equal `ferpipe.predict.cli`'s."""
     r = repo["path"]
     env = {**repo["env"], "MLFLOW_TRACKING_URI": f"sqlite:///{r / 'mlflow.db'}"}
     image = face_like(5, np.random.default_rng(7))
     Image.fromarray(image).save(tmp_path / "face.png")
     Image.fromarray(skdata.astronaut()).save(tmp_path / "astronaut.png")
-    out = sh([sys.executable, "-m", "ferpipe.predict", str(tmp_path / "face.png"),
+    out = sh([sys.executable, "-m", "ferpipe.predict.cli", str(tmp_path / "face.png"),
               str(tmp_path / "astronaut.png"), "--model", REGISTERED, "--json", "--tta", "none"],
              r, env, stdout_only=True)
     predicted, on_photo = [json.loads(line) for line in out.splitlines()]
-    out = sh([sys.executable, "-m", "ferpipe.predict", str(tmp_path / "face.png"), "--model",
+    out = sh([sys.executable, "-m", "ferpipe.predict.cli", str(tmp_path / "face.png"), "--model",
               REGISTERED, "--json"], r, env, stdout_only=True)  # defaults: ten_crop, tau 0.5
     predicted_default = json.loads(out)
     assert predicted["whole_image"] is True  # a 48 x 48 crop: classified whole
@@ -346,7 +346,7 @@ def test_served_model_answers_like_the_predict_command(repo, tmp_path):
         # without the logit adjustment: the plain probabilities, as the predict command's
         (plain,) = post(f"{url}/invocations", {"inputs": [image.tolist()],
                                                "params": {"tta": "none", "logit_adjustment": 0}})
-        out = sh([sys.executable, "-m", "ferpipe.predict", str(tmp_path / "face.png"), "--model",
+        out = sh([sys.executable, "-m", "ferpipe.predict.cli", str(tmp_path / "face.png"), "--model",
                   REGISTERED, "--json", "--tta", "none", "--logit-adjustment", "0"], r, env,
                  stdout_only=True)
         for name, p in json.loads(out)["probabilities"].items():
@@ -363,11 +363,11 @@ def test_mlflow_ui_opens_on_the_runs_table_with_the_headline_columns(repo):
     with server_on(["mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)], port,
                    "/health", r, env) as url:
         # wide enough that the grid renders every column (it leaves out those off-screen)
-        dom = render(tracking.ui_url(experiment, url), budget_ms=40000, width=5000)
-        charts = render(tracking.ui_url(experiment, url) + "&compareRunsMode=CHART",
+        dom = render(store.ui_url(experiment, url), budget_ms=40000, width=5000)
+        charts = render(store.ui_url(experiment, url) + "&compareRunsMode=CHART",
                         budget_ms=40000)
     columns = set(re.findall(r'col-id="([^"]+)"', dom))
-    assert set(tracking.VIEW_COLUMNS) <= columns, sorted(columns)
+    assert set(store.VIEW_COLUMNS) <= columns, sorted(columns)
     for run in runs:
         assert run.info.run_name in dom
     # in the UI's "Model training" mode (its menu), not the GenAI one (traces, judges, prompts)

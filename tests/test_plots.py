@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ferpipe import plots
+from ferpipe.evaluate import plots
 
 NAMES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 

@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from ferpipe.data import CLASS_NAMES
-from ferpipe.device import StepContext
-from ferpipe.faces import FaceDetector, crop_face
-from ferpipe.inference import Classifier, predict_log_proba, tta_views
-from ferpipe.predict import main
-from ferpipe.predictor import Predictor, probabilities
+from ferpipe.data.splits import CLASS_NAMES
+from ferpipe.model.device import StepContext
+from ferpipe.model.inference import Classifier, predict_log_proba, probabilities, tta_views
+from ferpipe.predict.cli import main
+from ferpipe.predict.faces import FaceDetector, crop_face
+from ferpipe.predict.predictor import Predictor
 from tests.fakedata import TRAIN_COUNTS, face_like, help_blocks, random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def test_predictor_classifies_faces_and_falls_back_to_the_whole_image(checkpoint
 def test_probabilities_apply_the_logit_adjustment_as_the_evaluate_stage_does(checkpoint):
     """softmax(log p - tau log prior) is p x prior^-tau renormalized; its argmax is the evaluate
     stage's (`adjust_logits` of the log-probabilities)."""
-    from ferpipe.inference import adjust_logits
+    from ferpipe.model.inference import adjust_logits
 
     clf = Classifier.from_checkpoint(checkpoint)
     counts = clf.class_counts
@@ -187,7 +187,7 @@ def test_cli_table_and_help(checkpoint, photos, capsys):
     assert len(cells[5].split()) == 7 and cells[6].endswith(" ms")
     assert main(["x.jpg", "--model", str(checkpoint.parent / "nope.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
-    proc = subprocess.run([sys.executable, "-m", "ferpipe.predict", "--help"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "ferpipe.predict.cli", "--help"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "--annotate DIR" in proc.stdout and "--json" in proc.stdout
 
@@ -269,8 +269,8 @@ def test_checkpoint_problems_are_one_line_naming_the_file(checkpoint, tmp_path, 
 
 def test_predict_decodes_photos_as_prepare_decodes_training_images(tmp_path):
     """One decode function: EXIF orientation and 16-bit scaling agree with prepare's."""
-    from ferpipe.decode import decode_image
-    from ferpipe.predictor import load_gray
+    from ferpipe.data.decode import decode_image
+    from ferpipe.predict.predictor import load_gray
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (48, 64), dtype=np.uint8)
@@ -307,7 +307,7 @@ def test_tta_views_of_a_model_trained_on_crops():
 
 
 def test_logit_adjustment_subtracts_tau_log_prior():
-    from ferpipe.inference import adjust_logits
+    from ferpipe.model.inference import adjust_logits
 
     logits = torch.zeros(2, 3)
     out = adjust_logits(logits, [80, 15, 5], 1.0)
@@ -480,7 +480,7 @@ def test_webcam_stops_at_max_frames_or_ctrl_c(checkpoint, video, tmp_path, capsy
     keeps the annotated video of the frames so far."""
     import cv2
 
-    import ferpipe.video as video_io
+    import ferpipe.predict.video as video_io
 
     class Camera:
         def __init__(self, interrupt_at):
@@ -515,7 +515,7 @@ def test_webcam_stops_at_max_frames_or_ctrl_c(checkpoint, video, tmp_path, capsy
 
 
 def test_help_shows_every_options_default():
-    blocks = help_blocks("ferpipe.predict")
+    blocks = help_blocks("ferpipe.predict.cli")
     assert {"--webcam INDEX", "--every N", "--max-frames N", "--model MODEL"} <= set(blocks)
     assert [name for name, text in blocks.items() if "default" not in text] == []
     assert "(default: 0.1)" in blocks["--margin MARGIN"]
@@ -524,8 +524,8 @@ def test_help_shows_every_options_default():
 
 def test_labels_are_readable_on_a_photo():
     """On a 512-pixel photo a 99-pixel face's label text is at least 15 pixels tall."""
-    from ferpipe.drawing import draw
-    from ferpipe.predictor import Prediction
+    from ferpipe.predict.drawing import draw
+    from ferpipe.predict.predictor import Prediction
 
     face = Prediction(file="p", face=0, box=(174, 64, 99, 99), expression="happy",
                       probability=0.9, probabilities={}, whole_image=False)

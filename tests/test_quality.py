@@ -11,8 +11,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from ferpipe.data import DataError, load_split
-from ferpipe.quality import check_bad_fraction, clean_splits, pixel_hashes, uniform_mask
+from ferpipe.core.errors import DataError
+from ferpipe.data.quality import check_bad_fraction, clean_splits, pixel_hashes, uniform_mask
+from ferpipe.data.splits import load_split
 from tests.fakedata import face_like, make_image_folders, make_zip
 
 ROOT = Path(__file__).resolve().parents[1]

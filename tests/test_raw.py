@@ -1,4 +1,4 @@
-"""ferpipe.fetch, ferpipe.sources and ferpipe.decode on generated data: source layouts,
+"""ferpipe.data.fetch, ferpipe.data.archive and ferpipe.data.decode on generated data: source layouts,
 fer2013.csv, unsafe sources and caps, bad and odd images, downloads and sha256."""
 
 import gzip
@@ -24,14 +24,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from ferpipe.data import CLASS_NAMES, RAW_ARCHIVE, DataError
-from ferpipe.decode import BadImage, decode_archive, decode_image
-from ferpipe.fetch import fetch_raw
+from ferpipe.core.errors import DataError
+from ferpipe.data.decode import BadImage, decode_archive, decode_image
+from ferpipe.data.fetch import fetch_raw
+from ferpipe.data.splits import CLASS_NAMES, RAW_ARCHIVE
 from tests.fakedata import face_like, make_image_folders, make_tar, make_zip, write_fer2013_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: fer2013.csv's emotion indices, written out here independently of ferpipe.sources.
+#: fer2013.csv's emotion indices, written out here independently of ferpipe.data.archive.
 CSV_EMOTIONS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 
 

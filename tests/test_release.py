@@ -13,14 +13,15 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from ferpipe import release as rel
-from ferpipe.data import save_split, sha256_of
-from ferpipe.errors import CheckpointError
-from ferpipe.export import check_images, export_onnx, load_onnx_classifier
-from ferpipe.inference import Classifier
-from ferpipe.predict import main as predict_main
-from ferpipe.predictor import DEFAULT_MODEL, default_model, probabilities
-from ferpipe.serving import save_serving_model
+from ferpipe.core.errors import CheckpointError
+from ferpipe.core.files import sha256_of
+from ferpipe.data.splits import save_split
+from ferpipe.model.export import check_images, export_onnx, load_onnx_classifier
+from ferpipe.model.inference import Classifier, probabilities
+from ferpipe.predict.cli import main as predict_main
+from ferpipe.predict.predictor import DEFAULT_MODEL, default_model
+from ferpipe.serve.pyfunc import save_serving_model
+from ferpipe.tools import release as rel
 from tests.fakedata import face_like
 from tests.test_export import make_checkpoint
 

@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from ferpipe.data import CLASS_NAMES
-from ferpipe.inference import Classifier
-from ferpipe.predictor import Predictor, load_gray, probabilities
-from ferpipe.serving import ExpressionModel, log_serving_model, to_pixels
+from ferpipe.data.splits import CLASS_NAMES
+from ferpipe.model.inference import Classifier, probabilities
+from ferpipe.predict.predictor import Predictor, load_gray
+from ferpipe.serve.pyfunc import ExpressionModel, log_serving_model, to_pixels
 from tests.fakedata import face_like, random_checkpoint
 from tests.servers import free_port, server_on
 

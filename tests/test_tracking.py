@@ -1,4 +1,4 @@
-"""The MLflow store set-up the stages share (`ferpipe.tracking.setup`)."""
+"""The MLflow store set-up the stages share (`ferpipe.core.store.setup`)."""
 
 import http.server
 import os
@@ -6,7 +6,7 @@ import threading
 
 import mlflow
 
-from ferpipe import tracking
+from ferpipe.core import store, tracking
 
 
 def test_setup_takes_the_experiment_another_process_created_meanwhile(tmp_path, monkeypatch):
@@ -28,10 +28,10 @@ def test_setup_takes_the_experiment_another_process_created_meanwhile(tmp_path, 
             return None if len(calls) == 1 else lookup(name)
 
         monkeypatch.setattr(mlflow, "get_experiment_by_name", late)
-        assert tracking.setup("fer-race") == other
+        assert store.setup("fer-race") == other
         assert calls == ["fer-race", "fer-race"]
         tags = mlflow.MlflowClient().get_experiment(other).tags
-        assert {k: tags.get(k) for k in tracking.EXPERIMENT_KIND} == tracking.EXPERIMENT_KIND
+        assert {k: tags.get(k) for k in store.EXPERIMENT_KIND} == store.EXPERIMENT_KIND
         assert len(mlflow.search_experiments(filter_string="name = 'fer-race'")) == 1
     finally:
         mlflow.set_tracking_uri(None)

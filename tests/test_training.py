@@ -7,22 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from ferpipe import distributed, training
-from ferpipe.device import StepContext, resolve_amp, resolve_device
-from ferpipe.distributed import Dist, shard_indices
-from ferpipe.errors import ParamsError
-from ferpipe.inference import predict_log_proba
-from ferpipe.model import build_model
-from ferpipe.resume import Resume, fingerprint
-from ferpipe.training import (
-    TrainingError,
-    class_weights,
-    fit,
-    make_optimizer,
-    make_recipe,
-    one_cycle,
-    validate,
-)
+from ferpipe.core.errors import ParamsError
+from ferpipe.model.device import StepContext, resolve_amp, resolve_device
+from ferpipe.model.inference import predict_log_proba
+from ferpipe.model.network import build_model
+from ferpipe.train import distributed
+from ferpipe.train import loop as training
+from ferpipe.train.distributed import Dist, shard_indices
+from ferpipe.train.fit import fit
+from ferpipe.train.loop import validate
+from ferpipe.train.recipe import TrainingError, class_weights, make_optimizer, make_recipe, one_cycle
+from ferpipe.train.resume import Resume, fingerprint
 from tests.fakedata import default_params, face_like
 
 CFG = {"lr": 3e-3, "epochs": 3, "batch_size": 16, "optimizer": "adamw", "weight_decay": 0.0,
@@ -284,7 +279,7 @@ def test_crops_mixing_and_ema_train_and_the_best_model_is_the_average():
 
 
 def test_ema_follows_the_weights_with_its_decay():
-    from ferpipe.training import make_ema
+    from ferpipe.train.recipe import make_ema
 
     model = torch.nn.Linear(2, 1, bias=False)
     ema = make_ema(model, 0.9)
@@ -411,7 +406,7 @@ def test_update_ema_is_averaged_models_update_without_device_syncs():
     """`update_ema` gives AveragedModel.update_parameters' weights and buffers (BatchNorm's
     running stats and its int64 counter included) step after step, and keeps n_averaged on the
     CPU."""
-    from ferpipe.training import make_ema, update_ema
+    from ferpipe.train.recipe import make_ema, update_ema
 
     torch.manual_seed(0)
     model = build_model(model_cfg(), 7, 48)
@@ -449,8 +444,8 @@ def test_optimizers_are_fused_on_the_cpu_and_match_the_per_tensor_update():
 
 
 def test_compile_auto_is_on_for_cuda_only_and_auto_amp_avoids_emulated_bf16(monkeypatch):
-    from ferpipe import device as device_module
-    from ferpipe.device import resolve_compile
+    from ferpipe.model.device import resolve_compile
+    from ferpipe.model.network import device as device_module
 
     assert resolve_compile("auto", torch.device("cuda")) == "default"
     assert resolve_compile("auto", torch.device("cpu")) is None

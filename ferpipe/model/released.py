@@ -1,0 +1,45 @@
+"""The released model: a trained model shipped inside the package, so that `ferpipe-predict
+photo.jpg` (and a served model, `ferpipe.serve.pyfunc.save_serving_model`) works right after the
+install, before any training.
+
+It is the committed run's checkpoint exported to ONNX (`ferpipe.model.export.export_onnx`) with its
+weights stored as float16 (`half_storage`: 21.4 MiB instead of 42.7 MiB for the default
+ResNet18); the graph casts them back to float32 when onnxruntime loads it, so it computes in
+float32 like the checkpoint. Beside it, `model.json` says which commit, MLflow run and params
+trained it and how it scores against the full-precision checkpoint on val and test.
+
+`python -m ferpipe.tools.release` (after a committed `dvc repro`) writes both files, after checking
+that the released model is at most `MAX_DROP_POINTS` below the checkpoint on val and on test and
+that it improves on the released model it would replace (by val accuracy, so git history does
+not grow with every retrain; `--force` replaces it anyway).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ferpipe.core.errors import CheckpointError
+from ferpipe.core.files import PACKAGE_DIR
+
+#: Where the released model lives: package data, installed with the package.
+RELEASED_DIR = PACKAGE_DIR / "released"
+RELEASED_MODEL = RELEASED_DIR / "model.onnx"
+RELEASED_INFO = RELEASED_DIR / "model.json"
+def read_info(path: str | Path = RELEASED_INFO) -> dict[str, Any] | None:
+    """The released model's record (`model.json`), or None when there is none.
+
+    Raises:
+        CheckpointError: the file exists but is not a JSON object with a `val` accuracy.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+        float(info["val"]["accuracy_released"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: not a released-model record ({err!r}); expected the JSON "
+                              f"written by python -m ferpipe.tools.release") from None
+    return info
