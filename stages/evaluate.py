@@ -27,9 +27,9 @@ from ferpipe.core.outputs import stage_outputs
 from ferpipe.core.params import TTA_MODES, Evaluate, load_params, stage_args
 from ferpipe.data.splits import load_split
 from ferpipe.evaluate.metrics import classification_metrics, confidence_intervals, report_text
+from ferpipe.model import export
 from ferpipe.model.device import resolve_device
 from ferpipe.model.inference import Classifier, adjust_logits, predict_log_proba
-from ferpipe.model.network import export
 from ferpipe.predict.drawing import annotate
 from ferpipe.predict.predictor import Predictor
 

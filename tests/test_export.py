@@ -192,7 +192,7 @@ def test_bench_help_shows_every_default():
 
 def test_export_command_writes_a_checked_file_or_nothing(exported, tmp_path, capsys,
                                                          monkeypatch):
-    from ferpipe.model.network import export
+    from ferpipe.model import export
 
     checkpoint = exported[0]
     dest = tmp_path / "out" / "model.onnx"

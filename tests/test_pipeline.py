@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 from skimage import data as skdata
 
-from ferpipe.core import store, tracking
+from ferpipe.core import store
 from ferpipe.predict.faces import crop_face
 from tests.browser import render
 from tests.fakedata import face_like, make_image_folders, make_zip

@@ -16,6 +16,7 @@ from skimage import data as skdata
 from ferpipe.core.errors import CheckpointError
 from ferpipe.core.files import sha256_of
 from ferpipe.data.splits import save_split
+from ferpipe.model import released
 from ferpipe.model.export import check_images, export_onnx, load_onnx_classifier
 from ferpipe.model.inference import Classifier, probabilities
 from ferpipe.predict.cli import main as predict_main
@@ -150,7 +151,7 @@ def test_release_checks_its_inputs_before_exporting(checkpoint, tmp_path):
     (tmp_path / "released").mkdir()
     (tmp_path / "released" / "model.json").write_text("{}")
     with pytest.raises(CheckpointError, match="not a released-model record"):
-        rel.read_info(tmp_path / "released" / "model.json")
+        released.read_info(tmp_path / "released" / "model.json")
 
 
 @pytest.fixture()
@@ -159,8 +160,8 @@ def shipped(checkpoint, prepared, tmp_path, monkeypatch):
     models/model.pt."""
     folder = tmp_path / "released"
     rel.release(checkpoint, prepared, folder)
-    monkeypatch.setattr(rel, "RELEASED_MODEL", folder / "model.onnx")
-    monkeypatch.setattr(rel, "RELEASED_INFO", folder / "model.json")
+    monkeypatch.setattr(released, "RELEASED_MODEL", folder / "model.onnx")
+    monkeypatch.setattr(released, "RELEASED_INFO", folder / "model.json")
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -192,7 +193,7 @@ def test_predict_uses_the_checkpoint_when_there_is_one_else_the_released_model(
 
 
 def test_without_either_model_predict_says_what_to_do(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(rel, "RELEASED_MODEL", tmp_path / "none.onnx")
+    monkeypatch.setattr(released, "RELEASED_MODEL", tmp_path / "none.onnx")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointError, match="no released model"):
         default_model()
@@ -216,15 +217,15 @@ def test_the_served_model_folder_of_the_released_model_answers_as_predict(shippe
         save_serving_model(dest)
 
 
-@pytest.mark.skipif(not rel.RELEASED_MODEL.is_file(), reason="this checkout ships no released model")
+@pytest.mark.skipif(not released.RELEASED_MODEL.is_file(), reason="this checkout ships no released model")
 def test_the_shipped_released_model_is_the_one_its_record_describes():
-    info = rel.read_info()
-    assert sha256_of(rel.RELEASED_MODEL) == info["sha256"]
-    assert rel.RELEASED_MODEL.stat().st_size == info["bytes"] <= rel.MAX_BYTES
+    info = released.read_info()
+    assert sha256_of(released.RELEASED_MODEL) == info["sha256"]
+    assert released.RELEASED_MODEL.stat().st_size == info["bytes"] <= rel.MAX_BYTES
     for split in ("val", "test"):
         s = info[split]
         assert 100 * (s["accuracy_full"] - s["accuracy_released"]) <= rel.MAX_DROP_POINTS
-    classifier = load_onnx_classifier(rel.RELEASED_MODEL)
+    classifier = load_onnx_classifier(released.RELEASED_MODEL)
     assert info["logit_adjustment"] == 0 or classifier.class_counts  # the prior travels with it
     probs = classifier.predict(check_images(classifier.image_size)[:1], tta="hflip")
     assert classifier.class_names[int(probs.argmax())] == "happy"  # the astronaut smiles

@@ -15,9 +15,9 @@ def test_setup_takes_the_experiment_another_process_created_meanwhile(tmp_path, 
     with PostgreSQL: a unique-constraint violation), and that stage must use the experiment
     the other made instead of stopping. Here the other process's create happens between this
     process's lookup and its create."""
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    mlflow.set_tracking_uri(store)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
     try:
         other = mlflow.create_experiment("fer-race", artifact_location=(tmp_path / "a").as_uri())
         lookup = mlflow.get_experiment_by_name

@@ -15,7 +15,6 @@ from pathlib import Path
 from ferpipe.core.files import PACKAGE_DIR
 
 
-
 def module_file(name: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
     """The file of the package module with the dotted name `name` (`ferpipe.train.fit`), or None
     when `name` names no module file of the package (a sub-package, whose `__init__.py` holds no

@@ -166,7 +166,7 @@ def load_classifier(ref: str) -> Classifier:
         return Classifier.from_checkpoint(ref)
     import mlflow
 
-    from ferpipe.core import store, tracking
+    from ferpipe.core import store
 
     mlflow.set_tracking_uri(store.tracking_uri())
     client = mlflow.MlflowClient()
