@@ -1,4 +1,4 @@
-"""MLflow tracking: one run per pipeline run, in the one store that `mlflow ui` at the repo root reads.
+"""The MLflow store: the one that `mlflow ui` at the repo root reads, shared by every run.
 
 The store is `MLFLOW_TRACKING_URI` when set, otherwise `sqlite:///<root>/mlflow.db` with artifacts
 under `<root>/mlartifacts/`, where `<root>` is the main repository: `DVC_ROOT` when DVC runs the stage

@@ -1,21 +1,9 @@
-"""MLflow tracking: one run per pipeline run, in the one store that `mlflow ui` at the repo root reads.
+"""MLflow runs: one per pipeline run, in the store `ferpipe.core.store` sets up.
 
-The store is `MLFLOW_TRACKING_URI` when set, otherwise `sqlite:///<root>/mlflow.db` with artifacts
-under `<root>/mlartifacts/`, where `<root>` is the main repository: `DVC_ROOT` when DVC runs the stage
-in a temporary copy (`dvc exp run --temp` / `--queue` run under `.dvc/tmp/exps/` and set it),
-otherwise the working directory. The train stage starts the run and writes its id to a small JSON
-file; evaluate and plot reopen the run from that file.
-
-When the store cannot be reached or written (a tracking server that is down, a full disk under
-the SQLite file, wrong database credentials), the stages say so in one line that names the store
-(`store_name`, with any password masked), the reason, what was kept and how to log it again
-(`store_errors`); a tracking server is probed (`check_store`) before the train stage spends any
-time training.
-
-Parallel runs (`dvc queue start -j 2`) share that SQLite file. SQLite allows one writer at a time:
-the store is opened with a 60 s busy timeout (writers wait instead of failing with "database is
-locked"), and creating the database and the experiment, which MLflow does in several
-transactions, is serialized across processes by a lock file beside it (`mlflow.db.lock`).
+The train stage starts the run (`start_run`, its params flattened, the git commit as a tag), logs
+per-epoch metrics (`EpochLog`) and writes the run's id to a small JSON file (`write_run_ref`);
+evaluate and plot reopen the run from that file (`resume_run`). `log_model` logs a checkpoint's
+network with `mlflow.pytorch`.
 """
 
 from __future__ import annotations

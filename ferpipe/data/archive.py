@@ -1,15 +1,9 @@
-"""Reading a FER2013 source safely and writing it as `data/raw/images.zip`.
+"""Listing a FER2013 source safely: a zip, a tar (.tar, .tar.gz ...) or a folder.
 
-A source is a zip, a tar (.tar, .tar.gz ...), a folder, or the challenge's `fer2013.csv` (bare or
-inside one of those). `data/raw/images.zip` is the source normalized to `<split>/<class>/<file>`
-members (canonical split and class names, sorted, uncompressed, fixed timestamps: the same source
-gives the same bytes). One file instead of FER2013's 35,887 small ones keeps the download stage
-and DVC's hashing, caching and removing of its output fast; the JPEG bytes are copied as they are
-(the CSV's rows become lossless PNGs) and decoded once, by prepare (`ferpipe.data.decode`). Every file
-in a class folder is copied, images or not (only OS junk such as `.DS_Store` is skipped): files
-that do not decode are reported by prepare, not here. Sources are untrusted: links, device files,
-paths leaving the archive and archives that unpack too large or into too many members are refused
-before anything is read.
+Sources are untrusted: links, device files, paths leaving the archive, names that are not UTF-8 and
+archives that unpack too large or into too many members are refused before anything is read
+(`list_files`, `check_archive`). What the listing holds is read by `ferpipe.data.layout` and
+written out by `ferpipe.data.raw_archive`.
 """
 
 from __future__ import annotations

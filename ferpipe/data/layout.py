@@ -1,16 +1,5 @@
-"""Reading a FER2013 source safely and writing it as `data/raw/images.zip`.
-
-A source is a zip, a tar (.tar, .tar.gz ...), a folder, or the challenge's `fer2013.csv` (bare or
-inside one of those). `data/raw/images.zip` is the source normalized to `<split>/<class>/<file>`
-members (canonical split and class names, sorted, uncompressed, fixed timestamps: the same source
-gives the same bytes). One file instead of FER2013's 35,887 small ones keeps the download stage
-and DVC's hashing, caching and removing of its output fast; the JPEG bytes are copied as they are
-(the CSV's rows become lossless PNGs) and decoded once, by prepare (`ferpipe.data.decode`). Every file
-in a class folder is copied, images or not (only OS junk such as `.DS_Store` is skipped): files
-that do not decode are reported by prepare, not here. Sources are untrusted: links, device files,
-paths leaving the archive and archives that unpack too large or into too many members are refused
-before anything is read.
-"""
+"""Where a source keeps its images: the split and class folders found in a listing, whatever
+their depth and spelling (`ferpipe.data.classes`), OS junk (`.DS_Store`, `__MACOSX`) skipped."""
 
 from __future__ import annotations
 

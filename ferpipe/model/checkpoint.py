@@ -1,17 +1,5 @@
-"""How stages write their outputs: all of them or none, and never over anything that is not theirs.
-
-- `output_conflicts` is checked when params are loaded, before any stage does anything: an output
-  must not be the project folder or above it, must not contain or lie inside the data source or
-  the local archive, and must not overlap another stage's output.
-- `stage_outputs()` gives a stage temp names for every output (`outs.file(path)`,
-  `outs.folder(path, stage, names)`) and renames them all into place only when the stage's work
-  is done; when it fails, the temp files are removed and the old outputs are left as they were.
-- A folder output is written into a new temp folder beside it and swapped in. An existing folder
-  is replaced only when it is recognisably the stage's own: it holds a manifest
-  (`.ferpipe-output.json`) written by that stage and nothing else than the files the manifest
-  lists, or (written before manifests existed) only files of the names the stage writes.
-  Otherwise the stage refuses, naming the folder and what is in it, and deletes nothing.
-"""
+"""The self-describing checkpoint: the weights with everything needed to rebuild the network
+(class names, normalization, input size, the `model` params), written atomically."""
 
 from __future__ import annotations
 

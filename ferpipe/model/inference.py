@@ -13,6 +13,11 @@ Test-time augmentation (TTA) averages the softmax over several views of each ima
   there with 40-pixel crops of models trained on random 40-pixel crops (`augment.crop`: the
   views then match the training crop); a model trained on whole 48-pixel images gets 44-pixel
   crops resized to 48.
+
+`normalize` is the one pixel scaling that training (`ferpipe.train.augment`) and inference share;
+`probabilities` adds the post-hoc logit adjustment after TTA, as the evaluate stage scores, with
+the defaults (`DEFAULT_TTA`, `DEFAULT_LOGIT_ADJUSTMENT`) that the predict command, the served model
+and the release builder use.
 """
 
 from __future__ import annotations

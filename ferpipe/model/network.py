@@ -1,5 +1,5 @@
-"""The model: a torchvision ResNet18 (or a small baseline CNN) for 1-channel 48x48 faces, and its
-self-describing checkpoint."""
+"""The network: a torchvision ResNet18 (or a small baseline CNN) for 1-channel 48x48 faces, with
+the stems and the frozen stages the `model` params choose."""
 
 from __future__ import annotations
 

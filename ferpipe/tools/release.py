@@ -1,17 +1,14 @@
-"""The released model: a trained model shipped inside the package, so that `ferpipe-predict
-photo.jpg` (and a served model, `ferpipe.serve.pyfunc.save_serving_model`) works right after the
-install, before any training.
+"""`python -m ferpipe.tools.release`: builds the released model (`ferpipe.model.released`) from
+the committed run's checkpoint.
 
-It is the committed run's checkpoint exported to ONNX (`ferpipe.model.export.export_onnx`) with its
-weights stored as float16 (`half_storage`: 21.4 MiB instead of 42.7 MiB for the default
-ResNet18); the graph casts them back to float32 when onnxruntime loads it, so it computes in
-float32 like the checkpoint. Beside it, `model.json` says which commit, MLflow run and params
-trained it and how it scores against the full-precision checkpoint on val and test.
-
-`python -m ferpipe.tools.release` (after a committed `dvc repro`) writes both files, after checking
-that the released model is at most `MAX_DROP_POINTS` below the checkpoint on val and on test and
-that it improves on the released model it would replace (by val accuracy, so git history does
-not grow with every retrain; `--force` replaces it anyway).
+It is the checkpoint exported to ONNX (`ferpipe.model.export.export_onnx`) with its weights
+stored as float16 (`half_storage`: 21.4 MiB instead of 42.7 MiB for the default ResNet18); the
+graph casts them back to float32 when onnxruntime loads it, so it computes in float32 like the
+checkpoint. Beside it, `model.json` says which commit, MLflow run and params trained it and how
+it scores against the full-precision checkpoint on val and test. The command checks that the
+released model is at most `MAX_DROP_POINTS` below the checkpoint on val and on test and that it
+improves on the released model it would replace (by val accuracy, so git history does not grow
+with every retrain; `--force` replaces it anyway).
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""The training recipe: optimizer, one-cycle schedule, loss, the epoch loop and validation.
-
-Laid out as torchvision's reference classification script: `train_one_epoch(...)` and
-`validate(...)` take the model and data explicitly; `fit(...)` runs the epochs, keeps the best
-model by validation accuracy and, after every epoch, writes a resume checkpoint
+"""`fit`: runs the epochs of the recipe (`ferpipe.train.recipe`, `ferpipe.train.loop`), keeps the
+best model by validation accuracy and, after every epoch, hands the state to the resume checkpoint
 (`ferpipe.train.resume`). Device and precision (`ferpipe.model.device`) and data-parallel helpers
-(`ferpipe.train.distributed`) live beside it; `make_recipe` builds the optimizer, schedule and loss for
-both the train stage and the benchmark.
+(`ferpipe.train.distributed`) live beside it.
 """
 
 from __future__ import annotations

@@ -1,12 +1,5 @@
-"""The training recipe: optimizer, one-cycle schedule, loss, the epoch loop and validation.
-
-Laid out as torchvision's reference classification script: `train_one_epoch(...)` and
-`validate(...)` take the model and data explicitly; `fit(...)` runs the epochs, keeps the best
-model by validation accuracy and, after every epoch, writes a resume checkpoint
-(`ferpipe.train.resume`). Device and precision (`ferpipe.model.device`) and data-parallel helpers
-(`ferpipe.train.distributed`) live beside it; `make_recipe` builds the optimizer, schedule and loss for
-both the train stage and the benchmark.
-"""
+"""The epoch loop and validation, laid out as torchvision's reference classification script:
+`train_step`, `train_one_epoch(...)` and `validate(...)` take the model and data explicitly."""
 
 from __future__ import annotations
 

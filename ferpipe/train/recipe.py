@@ -1,11 +1,6 @@
-"""The training recipe: optimizer, one-cycle schedule, loss, the epoch loop and validation.
+"""The training recipe: optimizer, one-cycle schedule, loss and the EMA of the weights.
 
-Laid out as torchvision's reference classification script: `train_one_epoch(...)` and
-`validate(...)` take the model and data explicitly; `fit(...)` runs the epochs, keeps the best
-model by validation accuracy and, after every epoch, writes a resume checkpoint
-(`ferpipe.train.resume`). Device and precision (`ferpipe.model.device`) and data-parallel helpers
-(`ferpipe.train.distributed`) live beside it; `make_recipe` builds the optimizer, schedule and loss for
-both the train stage and the benchmark.
+`make_recipe` builds the optimizer, schedule and loss for both the train stage and the benchmark.
 """
 
 from __future__ import annotations

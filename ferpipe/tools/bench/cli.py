@@ -3,9 +3,9 @@
 Measures, in one run, with the device, precision, batch size and model that `params.yaml` gives
 the train stage:
 
-1. bare: images/s of the train step alone (`training.train_step`: forward, loss, backward,
+1. bare: images/s of the train step alone (`ferpipe.train.loop.train_step`: forward, loss, backward,
    optimizer step) on one ready, normalized batch already on the device;
-2. pipeline: images/s of the project's own loop (`training.train_one_epoch`) over the real
+2. pipeline: images/s of the project's own loop (`ferpipe.train.loop.train_one_epoch`) over the real
    prepared arrays, augmentation, indexing and the LR schedule included;
 3. baseline: images/s of the per-image approach common FER projects use: torchvision
    `ImageFolder` over the unpacked training JPEGs, per-image PIL transforms (flip, rotation,
