@@ -104,3 +104,24 @@ def test_a_failing_part_is_one_line_and_recorded(tmp_path):
     assert report["failed"] == ["data"] and "error" in report["parts"]["data"]
     assert report["parts"]["env"]["device"] == "cpu"  # the parts before it kept their figures
     assert "Traceback" in (tmp_path / "gpu_check.log").read_text()  # the log has the detail
+
+
+def test_the_check_and_every_module_it_imports_load_without_mlflow_dvc_onnx_or_opencv(tmp_path):
+    """The GPU machine has only torch, torchvision, numpy and a few more: every package module the
+    check reaches (its imports inside functions included) must import with MLflow, DVC, ONNX and
+    OpenCV absent. (lint-imports checks the same statically; this runs the imports.)"""
+    from ferpipe.core.codedeps import package_modules
+
+    root = Path(__file__).resolve().parents[1]
+    check_file = root / "ferpipe" / "tools" / "gpucheck.py"
+    modules = [".".join(p.relative_to(root).with_suffix("").parts)
+               for p in [check_file, *package_modules(check_file)]]
+    assert "ferpipe.tools.bench.step" in modules and "ferpipe.train.fit" in modules
+    blockers = tmp_path / "blockers"
+    for name in ("mlflow", "dvc", "onnx", "onnxruntime", "onnxscript", "cv2"):
+        (blockers / name).mkdir(parents=True)
+        (blockers / name / "__init__.py").write_text(f"raise ImportError('{name} is absent')\n")
+    code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
+    proc = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(blockers)}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
