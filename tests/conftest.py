@@ -7,6 +7,13 @@ fixtures (a trained tiny pipeline, a running server) are built once."""
 import os
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis explores new examples on every local run; CI (HYPOTHESIS_PROFILE=ci, .ci/run)
+# replays a fixed, derandomized set, so a CI run fails only on what a local run could repeat.
+# An example found failing locally is pinned with @example in the test.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # One thread per process under pytest-xdist: with a worker per core, each test's stage processes
 # (PyTorch, OpenMP) would otherwise start a thread per core too, and OpenMP threads that wait by

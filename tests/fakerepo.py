@@ -9,6 +9,7 @@ import pty
 import re
 import select
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -23,11 +24,29 @@ ROOT = Path(__file__).resolve().parents[1]
 COPY = ["ferpipe", "stages", "dvc.yaml", "params.yaml", ".gitignore"]
 
 
-def sh(args, cwd, env, stdout_only=False):
-    """Run a command, failing the test with its output when it fails."""
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout if stdout_only else proc.stdout + proc.stderr
+#: The longest any one command of the end-to-end tests may take (a `dvc repro` of the tiny
+#: pipeline takes about a minute on a busy 2-core CPU), seconds.
+COMMAND_TIMEOUT_S = 900
+
+
+def sh(args, cwd, env, stdout_only=False, timeout_s: float = COMMAND_TIMEOUT_S):
+    """Run a command, failing the test with its output when it fails or runs longer than
+    `timeout_s` seconds; then its whole process group (DVC's stage processes too) is killed."""
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{args} still running after {timeout_s} s, killed:\n{out[-3000:]}\n"
+                             f"{err[-3000:]}") from None
+    finally:
+        if proc.poll() is None:  # interrupted some other way: leave nothing running
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, f"{args} failed:\n{out}\n{err}"
+    return out if stdout_only else out + err
 
 
 def in_terminal(args, cwd, env, columns: int = 200, timeout_s: float = 300) -> list[str]:

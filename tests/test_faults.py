@@ -13,6 +13,9 @@ import torch
 from tests.fakedata import make_image_folders, make_zip
 from tests.fakerepo import make_repo, read_csv, sh, store_runs
 
+# End to end: each test starts real DVC, MLflow or server processes; longer than the default limit
+pytestmark = pytest.mark.timeout(1800)
+
 EPOCHS = 6
 
 
