@@ -135,3 +135,59 @@ def test_interval_refuses_mismatched_or_single_image_input(pred):
     labels = np.zeros(len(pred) + 1 if len(pred) > 1 else 1, dtype=int)
     with pytest.raises(ValueError, match="same 1-D length of at least 2"):
         confidence_intervals(labels, pred, 7)
+
+
+def test_paired_gain_interval_tells_a_real_gain_from_noise():
+    from ferpipe.evaluate.metrics import paired_gain_interval
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, 2000)
+    reference = np.where(rng.random(2000) < 0.66, labels, (labels + 1) % 7)  # about 66% right
+    same = paired_gain_interval(labels, reference, reference)
+    assert same["gain"] == 0 and same["interval"] == [0.0, 0.0]
+    # 60 images the reference gets wrong become right, nothing else changes: +3 points, sure
+    fixed = reference.copy()
+    wrong = np.flatnonzero(reference != labels)[:60]
+    fixed[wrong] = labels[wrong]
+    real = paired_gain_interval(labels, reference, fixed)
+    assert real["gain"] == pytest.approx(0.03) and 0 < real["interval"][0] < 0.03 < real["interval"][1]
+    # 300 right turn wrong and 310 wrong turn right: +0.5 points of churn, not a gain val can see
+    churn = reference.copy()
+    right = np.flatnonzero(reference == labels)[:300]
+    churn[right] = (labels[right] + 2) % 7
+    churn[np.flatnonzero(reference != labels)[:310]] = labels[np.flatnonzero(reference != labels)[:310]]
+    noise = paired_gain_interval(labels, reference, churn)
+    assert noise["gain"] == pytest.approx(0.005) and noise["interval"][0] < 0 < noise["interval"][1]
+    with pytest.raises(ValueError, match="same 1-D length"):
+        paired_gain_interval(labels, reference, reference[:-1])
+
+
+def test_the_evaluation_leaves_the_plain_setting_only_for_a_gain_beyond_val_noise():
+    from stages.evaluate import PLAIN, choose_beyond_noise
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 7, 2000)
+    plain = np.where(rng.random(2000) < 0.66, labels, (labels + 1) % 7)
+    better = plain.copy()
+    wrong = np.flatnonzero(plain != labels)[:80]
+    better[wrong] = labels[wrong]
+    churn = plain.copy()
+    right = np.flatnonzero(plain == labels)[:300]
+    churn[right] = (labels[right] + 2) % 7
+    churn[np.flatnonzero(plain != labels)[:320]] = labels[np.flatnonzero(plain != labels)[:320]]
+
+    def row(tta, tau, pred):
+        acc = float(np.mean(pred == labels))
+        return {"tta": tta, "logit_adjustment": tau, "val_accuracy": acc, "val_macro_f1": acc}
+
+    for pred, expected in ((better, ("ten_crop", 0.5)), (churn, PLAIN)):
+        predictions = {PLAIN: plain, ("ten_crop", 0.5): pred}
+        rows = [row(*PLAIN, plain), row("ten_crop", 0.5, pred)]
+        result = choose_beyond_noise(rows, predictions, labels)
+        assert result["candidate"]["tta"] == "ten_crop"  # the higher val accuracy either way
+        assert (result["choice"]["tta"], result["choice"]["logit_adjustment"]) == expected
+        assert (result["gain_interval"]["interval"][0] > 0) == (expected != PLAIN)
+    # the plain setting itself best: no interval to compute
+    result = choose_beyond_noise([row(*PLAIN, better), row("ten_crop", 0.5, plain)],
+                                 {PLAIN: better, ("ten_crop", 0.5): plain}, labels)
+    assert result["choice"]["tta"] == "none" and result["gain_interval"] is None
