@@ -27,10 +27,11 @@ pytestmark = pytest.mark.timeout(1800)
 
 EPOCHS = 3
 #: Chance on the 7 balanced classes is 1/7 (14%). The generated classes differ in brightness and
-#: where a band sits (`learnable_face`), which a ResNet18 learns in a few epochs: the tiny pipeline must
-#: score far above chance on val and test, so that a label or class-order mistake anywhere between
-#: the archive and the metrics fails the tests.
-ABOVE_CHANCE = 0.4
+#: where a band sits (`learnable_face`), which a ResNet18 learns in 3 epochs (100% on val and test
+#: on the generated images here): the tiny pipeline must score at least this on val and test, so
+#: that a label or class-order mistake anywhere from the archive to the metrics fails the tests
+#: (two classes swapped would score 5/7, 71%).
+ABOVE_CHANCE = 0.85
 
 
 @pytest.fixture(scope="module")

@@ -267,7 +267,7 @@ RECIPE = {"train": {"ema_decay": 0.9}, "augment": {"crop": 40, "mixup_alpha": 0.
 
 def test_crops_mixing_and_ema_train_and_the_best_model_is_the_average():
     model, result, best = run_fit(epochs=2, **RECIPE)
-    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] * 1.5
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"], result.history  # it learns
     assert 0 <= result.history[-1]["val_balanced_accuracy"] <= 1
     # The best state is the averaged model's, not the trained one's.
     best_state = best[-1][2]
