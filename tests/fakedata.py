@@ -142,7 +142,7 @@ def help_blocks(module: str) -> dict[str, str]:
     import sys
 
     proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     section = proc.stdout.split("\noptions:\n", 1)[1].split("\n\n", 1)[0]
     blocks: dict[str, str] = {}

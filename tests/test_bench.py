@@ -28,7 +28,7 @@ def project(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for stage in ("download", "prepare", "stats"):
         subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py")], cwd=tmp,
-                       env=env, check=True, capture_output=True)
+                       env=env, check=True, capture_output=True, timeout=600)
     return tmp, env
 
 
@@ -36,7 +36,7 @@ def test_bench_reports_every_figure(project):
     tmp, env = project
     proc = subprocess.run([sys.executable, "-m", "ferpipe.tools.bench.cli", "--batches", "2", "--rounds",
                            "2", "--workers", "1", "--json", "bench.json"], cwd=tmp, env=env,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp / "bench.json").read_text())
     assert result["stem"] == "standard" and result["batch_size"] == 8
@@ -63,7 +63,7 @@ def test_bench_overrides_precision_and_stem(project):
     proc = subprocess.run([sys.executable, "-m", "ferpipe.tools.bench.cli", "--batches", "1", "--rounds",
                            "1", "--skip-baseline", "--skip-data", "--no-ceiling", "--amp", "bf16",
                            "--stem", "3x3", "--channels-last", "false", "--json", "b.json"],
-                          cwd=tmp, env=env, capture_output=True, text=True)
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp / "b.json").read_text())
     assert result["precision"] == "bfloat16" and result["stem"] == "3x3"
@@ -77,7 +77,7 @@ def test_bench_compare_measures_settings_side_by_side(project):
                            "train.fused=false,train.compile=false", "default",
                            "train.batch_size=12,train.lr=0.006", "--batches", "2", "--rounds",
                            "2", "--json", "c.json"], cwd=tmp, env=env, capture_output=True,
-                          text=True)
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp / "c.json").read_text())
     old, new, big = result["variants"]
@@ -106,7 +106,7 @@ def test_bench_compare_refuses_a_bad_override_in_one_line(project):
                            ("train.batch_size=5000", "is more than the")):
         proc = subprocess.run([sys.executable, "-m", "ferpipe.tools.bench.cli", "--compare", spec,
                                "--batches", "1", "--rounds", "1"], cwd=tmp, env=env,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, timeout=600)
         assert proc.returncode != 0 and expected in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
 
@@ -114,7 +114,7 @@ def test_bench_compare_refuses_a_bad_override_in_one_line(project):
 def test_bench_profile_splits_the_step_time_by_kind_of_op(project):
     tmp, env = project
     proc = subprocess.run([sys.executable, "-m", "ferpipe.tools.bench.cli", "--profile", "2", "--json",
-                           "p.json"], cwd=tmp, env=env, capture_output=True, text=True)
+                           "p.json"], cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp / "p.json").read_text())
     shares = result["categories"]
@@ -184,6 +184,6 @@ def test_bench_builds_the_recipe_as_the_train_stage_does():
 def test_console_entry_points_are_installed():
     bindir = Path(sys.executable).parent
     for command in ("ferpipe-bench", "ferpipe-predict"):
-        proc = subprocess.run([str(bindir / command), "--help"], capture_output=True, text=True)
+        proc = subprocess.run([str(bindir / command), "--help"], capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr
         assert f"usage: {command}" in proc.stdout

@@ -1,5 +1,6 @@
 """Faults a team meets: a killed training run, parallel queued experiments, sharing through a remote."""
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -59,6 +60,7 @@ def test_killed_training_resumes_from_the_last_completed_epoch(repo):
     resume_file = r / "models/resume.pt"
     dvc = subprocess.Popen(["dvc", "repro"], cwd=r, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
+    train: list[psutil.Process] = []
     try:
         train = train_processes(psutil.Process(dvc.pid))
         deadline = time.time() + 300
@@ -85,8 +87,12 @@ def test_killed_training_resumes_from_the_last_completed_epoch(repo):
         for process in train:
             process.send_signal(signal.SIGKILL)
         out = dvc.communicate(timeout=120)[0]
-    finally:
+    finally:  # pass or fail, nothing stays stopped or running: the train processes, then DVC
+        for process in train:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
         dvc.kill()
+        dvc.wait(timeout=60)
     assert dvc.returncode != 0, out
     state = torch.load(resume_file, weights_only=True)
     assert state["epoch"] == done
@@ -140,18 +146,21 @@ def test_two_queued_experiments_run_at_once_and_both_reach_mlflow(repo):
     # `dvc queue start` leaves a daemon that waits for its workers; with the output captured,
     # a worker that never exits (dvc-task's monitor can shut one down mid-task, then it hangs
     # after the task) would hold the pipe and hang the test, so the daemon gets no pipe.
-    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=r, env=env, check=True,
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=300)
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        status = sh(["dvc", "queue", "status"], r, env)
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
-    else:
-        raise AssertionError(f"queue did not finish:\n{status}")
-    sh(["dvc", "queue", "stop", "--kill"], r, env)
+    try:
+        subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=r, env=env, check=True,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=300)
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            status = sh(["dvc", "queue", "status"], r, env)
+            if "Queued" not in status and "Running" not in status:
+                break
+            time.sleep(3)
+        else:
+            raise AssertionError(f"queue did not finish:\n{status}")
+    finally:  # pass or fail, no queue worker outlives the test
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=r, env=env, capture_output=True,
+                       timeout=120)
     assert status.count("Success") == 2, status
     for line in status.splitlines():
         if "Success" in line:
@@ -202,7 +211,7 @@ def test_a_killed_prepare_leaves_no_decoding_worker_running(tmp_path):
 
     env = stage_folder(tmp_path, n_train=300, n_test=10)
     subprocess.run([sys.executable, str(root / "stages" / "download.py")], cwd=tmp_path,
-                   env=env, check=True, capture_output=True)
+                   env=env, check=True, capture_output=True, timeout=600)
     stage = subprocess.Popen([sys.executable, str(root / "stages" / "prepare.py")],
                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -214,7 +223,7 @@ def test_a_killed_prepare_leaves_no_decoding_worker_running(tmp_path):
         time.sleep(0.02)
     assert workers, "the prepare stage finished before its workers could be seen"
     stage.send_signal(signal.SIGKILL)
-    stage.wait()
+    stage.wait(timeout=60)
     survivors = workers
     deadline = time.time() + 10
     while survivors and time.time() < deadline:

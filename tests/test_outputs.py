@@ -42,7 +42,7 @@ def project(tmp_path):
 def run_stage(folder: Path, stage: str, params: dict) -> subprocess.CompletedProcess:
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return subprocess.run([sys.executable, str(ROOT / f"stages/{stage}.py")], cwd=folder,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -190,7 +190,7 @@ def test_dvc_repro_keeps_the_users_files_in_a_misdirected_output(tmp_path):
     (repo / "data/mine").mkdir(parents=True)
     (repo / "data/mine/thesis.tex").write_text("two years of work")
     proc = subprocess.run(["dvc", "repro", "download"], cwd=repo, env=env, capture_output=True,
-                          text=True)
+                          text=True, timeout=600)
     assert proc.returncode != 0
     assert "error: data/mine: holds files the download stage did not write (thesis.tex)" in (
         proc.stdout + proc.stderr)

@@ -190,7 +190,7 @@ def test_a_stage_stops_on_a_typo_before_writing_anything(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.run([sys.executable, str(ROOT / "stages/stats.py"), "--params",
                            str(tmp_path / "params.yaml")], capture_output=True, text=True,
-                          cwd=tmp_path)
+                          cwd=tmp_path, timeout=600)
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"error: {tmp_path / 'params.yaml'}: stats.typo: unknown key "
                                   f"in section 'stats'")
@@ -203,7 +203,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
     proc = subprocess.run([sys.executable, str(ROOT / "stages/stats.py"), "--params", "nope.yaml"],
                           capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "FERPIPE_DEBUG": "1"})
+                          env={**os.environ, "FERPIPE_DEBUG": "1"}, timeout=600)
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "error: nope.yaml: params file not found" in proc.stderr
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -149,8 +150,11 @@ def test_probabilities_apply_the_logit_adjustment_as_the_evaluate_stage_does(che
     # a classifier without class counts (an older file) is not adjusted
     old = dataclasses.replace(clf, class_counts=None)
     assert probabilities(old, images, "hflip", 1.0) == pytest.approx(plain)
-    with pytest.raises(ValueError, match="logit adjustment: got -0.5; expected a number >= 0"):
-        probabilities(clf, images, "hflip", -0.5)
+    for bad, got in ((-0.5, "-0.5"), (float("inf"), "inf"), (float("nan"), "nan"),
+                     (np.float32(-1), "-1.0")):
+        with pytest.raises(ValueError) as refused:
+            probabilities(clf, images, "hflip", bad)
+        assert str(refused.value) == f"logit adjustment: got {got}; expected a finite number >= 0"
 
 
 def test_cli_json_lines_errors_and_annotations(checkpoint, photos, tmp_path, capsys):
@@ -188,7 +192,7 @@ def test_cli_table_and_help(checkpoint, photos, capsys):
     assert main(["x.jpg", "--model", str(checkpoint.parent / "nope.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     proc = subprocess.run([sys.executable, "-m", "ferpipe.predict.cli", "--help"], cwd=ROOT,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "--annotate DIR" in proc.stdout and "--json" in proc.stdout
 
 
@@ -202,7 +206,13 @@ def test_cli_table_and_help(checkpoint, photos, capsys):
     ("--margin", "lots", "argument --margin: expected a number, got 'lots'"),
     ("--max-side", "-5", "argument --max-side: expected 0 or more, got -5"),
     ("--min-face", "3", "argument --min-face: expected 0.0 and 1.0, got 3"),
-    ("--logit-adjustment", "-1", "argument --logit-adjustment: expected 0.0 or more, got -1"),
+    ("--logit-adjustment", "-1", "argument --logit-adjustment: got -1; expected a finite number >= 0"),
+    ("--logit-adjustment", "inf", "argument --logit-adjustment: got inf; expected a finite number >= 0"),
+    ("--logit-adjustment", "nan", "argument --logit-adjustment: got nan; expected a finite number >= 0"),
+    ("--logit-adjustment", "1e999",
+     "argument --logit-adjustment: got 1e999; expected a finite number >= 0"),
+    ("--logit-adjustment", "lots",
+     "argument --logit-adjustment: got 'lots'; expected a finite number >= 0"),
 ])
 def test_bad_options_are_usage_errors_before_any_file_is_read(checkpoint, photos, capsys,
                                                               option, value, message):
@@ -211,6 +221,8 @@ def test_bad_options_are_usage_errors_before_any_file_is_read(checkpoint, photos
     assert exit_.value.code == 2
     err = capsys.readouterr()
     assert message in err.err and "Traceback" not in err.err and err.out == ""
+    assert [line for line in err.err.splitlines() if "error" in line] == [
+        f"ferpipe-predict: error: {message}"]  # one line, after argparse's usage
 
 
 def test_an_annotate_target_that_is_a_file_is_a_usage_error(checkpoint, photos, tmp_path, capsys):
@@ -498,14 +510,21 @@ def test_webcam_stops_at_max_frames_or_ctrl_c(checkpoint, video, tmp_path, capsy
         def release(self):
             self.cap.release()
 
-    opened = []
-    monkeypatch.setattr(video_io, "open_video", lambda source: opened.append(source) or Camera(
-        interrupt_at=5 if len(opened) > 1 else None))
+    opened, cameras = [], []
+
+    def open_camera(source):
+        opened.append(source)
+        cameras.append(Camera(interrupt_at=5 if len(opened) > 1 else None))
+        return cameras[-1]
+
+    monkeypatch.setattr(video_io, "open_video", open_camera)
+    # a clock that moves a quarter second per frame read: live times are seconds since the first
+    monkeypatch.setattr(video_io, "time", SimpleNamespace(
+        perf_counter=lambda: 10.0 + 0.25 * (cameras[-1].reads if cameras else 0)))
     assert main(["--webcam", "0", "--model", str(checkpoint), "--max-frames", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert opened == [0] and len(lines) == 4 and lines[1].startswith("webcam:0,0,")
-    times = [float(line.split(",")[2]) for line in lines[1:]]
-    assert times[0] == 0 and times == sorted(times) and times[-1] < 5  # wall-clock seconds
+    assert [float(line.split(",")[2]) for line in lines[1:]] == [0.0, 0.25, 0.5]
     annotated = tmp_path / "annotated"
     assert main(["--webcam", "0", "--model", str(checkpoint), "--json", "--annotate",
                  str(annotated)]) == 0
@@ -598,3 +617,265 @@ def test_predict_labels_each_face_of_a_group_photo(checkpoint, tmp_path, capsys)
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 16 and not any(line["whole_image"] for line in lines)
     assert sorted(line["face"] for line in lines) == list(range(16))
+
+
+# --------------------------------------------------------------------------- one check for tau
+
+
+@pytest.mark.parametrize("value, got", [
+    (-1, "-1"), (np.int64(-2), "-2"), (-0.25, "-0.25"), (float("inf"), "inf"),
+    (float("-inf"), "-inf"), (np.float64("nan"), "nan"), (True, "True"), ("0.5", "'0.5'"),
+    (None, "None"), ([0.5], "[0.5]")])
+def test_a_bad_logit_adjustment_is_refused_in_the_same_words_everywhere(value, got):
+    """`ferpipe.core.options` is the one check of tau: probabilities, the served model's params
+    and every command's --logit-adjustment say the same."""
+    from ferpipe.core.options import check_logit_adjustment
+
+    with pytest.raises(ValueError) as refused:
+        check_logit_adjustment(value, "params.logit_adjustment")
+    assert str(refused.value) == f"params.logit_adjustment: got {got}; expected a finite number >= 0"
+
+
+def test_a_good_logit_adjustment_is_a_float():
+    import argparse
+
+    from ferpipe.core.options import check_logit_adjustment, logit_adjustment_type
+
+    for value in (0, np.float32(0.5), np.int64(2), 1e300):
+        got = check_logit_adjustment(value)
+        assert type(got) is float and got == float(value)
+    assert logit_adjustment_type("0.25") == 0.25 and logit_adjustment_type("0") == 0.0
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^got -inf; expected a finite number"):
+        logit_adjustment_type("-inf")
+
+
+# --------------------------------------------------------------------------- face options
+
+
+def head_photo(width: int, height: int, heads: list[tuple[int, int, int]]) -> np.ndarray:
+    """A gray `width` x `height` photo (mid-grey) with copies of the astronaut's head pasted
+    at (x, y), each resized to `side` x `side` pixels: the 200 x 200 pixels of
+    skimage.data.astronaut() (public domain) around its 99-pixel face, so a pasted face is
+    about `side` / 2 pixels wide, its centre at (x + side / 2, y + side / 2)."""
+    gray = np.asarray(Image.fromarray(skdata.astronaut()).convert("L"))
+    head = Image.fromarray(gray[14:214, 124:324])  # the face at (50, 50), 99 x 99
+    photo = np.full((height, width), 128, np.uint8)
+    for x, y, side in heads:
+        photo[y:y + side, x:x + side] = np.asarray(head.resize((side, side), Image.BILINEAR))
+    return photo
+
+
+def twice(gray: np.ndarray) -> np.ndarray:
+    """`gray` at twice its size, each pixel repeated 2 x 2: downscaled by half with OpenCV's
+    area interpolation (the detector's), it is `gray` again, pixel for pixel."""
+    return np.repeat(np.repeat(gray, 2, axis=0), 2, axis=1)
+
+
+def faces_found(path: Path, model: str | Path, capsys, *options: str) -> list[dict]:
+    """The JSON lines of `ferpipe-predict PATH --model MODEL --json --tta none OPTIONS`."""
+    assert main([str(path), "--model", str(model), "--json", "--tta", "none",
+                 *options]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def centre(box) -> tuple[float, float]:
+    x, y, w, h = box
+    return x + w / 2, y + h / 2
+
+
+def test_small_faces_finds_what_the_portrait_pass_misses_down_to_its_window(checkpoint, tmp_path,
+                                                                             capsys):
+    """One 99-pixel face in a 1000-pixel photo: 10% of its side, under --min-face's 15%, so the
+    portrait pass misses it. The small-face pass finds it at --small-faces 1600 (the default:
+    the photo's own size) and at 500 (searched at half size, the box mapped back to the photo's
+    pixels); at 200 the face is 20 pixels, under the cascade's 24-pixel window: the whole
+    photo is classified."""
+    half = head_photo(500, 500, [(200, 160, 100)])
+    photo = twice(half)  # the face: 99 pixels, centred at (500, 420)
+    path = tmp_path / "one_small_face.png"
+    Image.fromarray(photo).save(path)
+    assert FaceDetector(small_side=None).detect(photo) == []  # the portrait pass alone
+
+    (full,) = faces_found(path, checkpoint, capsys)
+    assert full["whole_image"] is False
+    assert np.hypot(*np.subtract(centre(full["box"]), (500, 420))) < 5
+    assert full["box"] == list(FaceDetector(small_side=0).detect(photo)[0])  # 1000 < 1600: as is
+
+    (halved,) = faces_found(path, checkpoint, capsys, "--small-faces", "500")
+    at_half = FaceDetector()._search(half, 0, lambda side: 24)  # the pass on the half photo
+    assert len(at_half) == 1 and halved["whole_image"] is False
+    assert halved["box"] == [2 * v for v in at_half[0]] != full["box"]  # in the photo's pixels
+
+    (coarse,) = faces_found(path, checkpoint, capsys, "--small-faces", "200")
+    assert coarse["whole_image"] is True and coarse["box"] == [0, 0, 1000, 1000]
+
+
+def test_min_face_drops_the_faces_smaller_than_it(checkpoint, tmp_path, capsys):
+    """Faces of about 150 and 80 pixels in a 720 x 440 photo (34% and 18% of its shorter side):
+    the default --min-face 0.15 finds both, largest first; 0.25 only the larger one."""
+    path = tmp_path / "two_faces.png"
+    Image.fromarray(head_photo(720, 440, [(20, 20, 300), (340, 100, 160)])).save(path)
+    big, small = (170, 170), (420, 180)  # the pasted faces' centres
+    both = faces_found(path, checkpoint, capsys)
+    assert [line["face"] for line in both] == [0, 1]
+    assert [np.hypot(*np.subtract(centre(line["box"]), c)) < 8
+            for line, c in zip(both, (big, small))] == [True, True]
+    (one,) = faces_found(path, checkpoint, capsys, "--min-face", "0.25")
+    assert np.hypot(*np.subtract(centre(one["box"]), big)) < 8 and one["whole_image"] is False
+
+
+def test_max_side_sets_the_detection_scale_and_boxes_stay_in_the_photos_pixels(checkpoint,
+                                                                              tmp_path, capsys):
+    """The astronaut at 1024 pixels (each pixel repeated 2 x 2): searched at --max-side 512 it
+    is the 512-pixel photo again, and its box is exactly twice that photo's; at full size
+    (--max-side 0) the search sees another image and answers another box; at 64 pixels (and
+    a small-face pass at 64 too) the face is under the cascade's window: the whole image."""
+    gray = np.asarray(Image.fromarray(skdata.astronaut()).convert("L"))
+    small, large = tmp_path / "astronaut512.png", tmp_path / "astronaut1024.png"
+    Image.fromarray(gray).save(small)
+    Image.fromarray(twice(gray)).save(large)
+    (original,) = faces_found(small, checkpoint, capsys, "--max-side", "512")
+    (scaled,) = faces_found(large, checkpoint, capsys, "--max-side", "512")
+    assert not original["whole_image"] and not scaled["whole_image"]
+    assert scaled["box"] == [2 * v for v in original["box"]]
+    (full,) = faces_found(large, checkpoint, capsys, "--max-side", "0")
+    assert not full["whole_image"] and full["box"] != scaled["box"]
+    assert full["box"] == list(FaceDetector(max_side=0).detect(twice(gray))[0])
+    (tiny,) = faces_found(large, checkpoint, capsys, "--max-side", "64", "--small-faces", "64")
+    assert tiny["whole_image"] is True and tiny["box"] == [0, 0, 1024, 1024]
+
+
+def test_margin_changes_the_crop_that_is_classified_not_the_box(checkpoint, photos, capsys):
+    """--margin grows the square crop around the detector's box: each answer is the
+    classifier's on the crop with that margin (the box reported is the detector's)."""
+    gray = np.asarray(Image.open(photos / "astronaut.png").convert("L"))
+    clf = Classifier.from_checkpoint(checkpoint)
+    answers = {}
+    for margin in ("0", "0.5"):
+        (answers[margin],) = faces_found(photos / "astronaut.png", checkpoint, capsys,
+                                         "--margin", margin, "--logit-adjustment", "0")
+        crop = crop_face(gray, tuple(answers[margin]["box"]), float(margin), 48)
+        expected = clf.predict(crop[None], "none")[0]
+        assert [answers[margin]["probabilities"][n] for n in CLASS_NAMES] == pytest.approx(
+            expected.tolist(), abs=1e-6)
+    assert answers["0"]["box"] == answers["0.5"]["box"]
+    assert answers["0"]["probabilities"] != pytest.approx(answers["0.5"]["probabilities"],
+                                                          abs=1e-4)
+
+
+# --------------------------------------------------------------------------- MLflow model URIs
+
+
+@pytest.fixture(scope="module")
+def registry_store(tmp_path_factory):
+    """A temporary SQLite MLflow store holding two runs, each with a random checkpoint logged
+    as `checkpoint/model.pt` as the train stage logs it, registered as versions 1 and 2 of
+    `fer-test` (alias `candidate`: version 2); returns (its URI, [(run id, checkpoint)] in
+    version order)."""
+    import mlflow
+
+    folder = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    saved = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri writes it there
+    mlflow.set_tracking_uri(uri)
+    try:
+        client = mlflow.MlflowClient()
+        experiment = client.create_experiment("predict", (folder / "artifacts").as_uri())
+        client.create_registered_model("fer-test")
+        runs = []
+        for seed in (1, 2):
+            ckpt = random_checkpoint(folder / f"seed{seed}" / "model.pt", seed=seed)
+            run_id = client.create_run(experiment).info.run_id
+            client.log_artifact(run_id, str(ckpt), "checkpoint")
+            client.set_terminated(run_id)
+            client.create_model_version("fer-test", f"runs:/{run_id}/checkpoint", run_id=run_id)
+            runs.append((run_id, ckpt))
+        client.set_registered_model_alias("fer-test", "candidate", "2")
+    finally:
+        mlflow.set_tracking_uri(saved)
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return uri, runs
+
+
+@pytest.fixture()
+def registry(registry_store, monkeypatch):
+    """`registry_store`'s runs, with MLFLOW_TRACKING_URI naming the store (as a user sets it
+    for `ferpipe-predict --model models:/...`)."""
+    import mlflow
+
+    uri, runs = registry_store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    yield runs
+    mlflow.set_tracking_uri(None)  # mlflow's own global (load_classifier sets it) outlives the env
+
+
+def test_model_uris_resolve_to_the_runs_checkpoint(registry, photos, capsys):
+    """models:/<name>/<version>, models:/<name>@<alias> and runs:/<run_id>/... classify with
+    the checkpoint that run logged: the same answers as the file itself, and each version its
+    own."""
+    (run1, ckpt1), (run2, ckpt2) = registry
+    crop = photos / "crop48.png"
+    by_file = [faces_found(crop, ckpt, capsys)[0]["probabilities"] for ckpt in (ckpt1, ckpt2)]
+    assert by_file[0] != pytest.approx(by_file[1], abs=1e-4)  # the two models differ
+    for ref, which in (("models:/fer-test/1", 0), ("models:/fer-test/2", 1),
+                       ("models:/fer-test@candidate", 1), (f"runs:/{run1}/checkpoint/model.pt", 0),
+                       (f"runs:/{run2}", 1)):
+        (answer,) = faces_found(crop, ref, capsys)
+        assert answer["probabilities"] == pytest.approx(by_file[which], abs=1e-6), ref
+
+
+@pytest.mark.parametrize("ref, reason", [
+    ("models:/fer-test/7", "cannot resolve the model"),
+    ("models:/fer-test@production", "cannot resolve the model"),
+    ("runs:/0123456789abcdef0123456789abcdef", "cannot resolve the model"),
+])
+def test_a_model_uri_that_cannot_be_resolved_is_one_error_line(registry, photos, capsys, ref,
+                                                               reason):
+    assert main([str(photos / "crop48.png"), "--model", ref]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith(f"error: {ref}: {reason}: ")
+    assert len(out.err.splitlines()) == 1 and "Traceback" not in out.err
+
+
+# --------------------------------------------------------------------------- Ctrl-C in a file
+
+
+def test_ctrl_c_during_a_video_file_exits_130_and_leaves_no_annotated_video(
+        checkpoint, video, tmp_path, capsys, monkeypatch):
+    """Ctrl-C while a file is read (here: at its 6th frame) stops the command with status 130
+    and one error line; the rows of the frames done are printed, and the annotated video,
+    being written under a temporary name until then, is removed."""
+    import cv2
+
+    import ferpipe.predict.video as video_io
+
+    annotated = tmp_path / "annotated"
+    seen = []
+
+    class Interrupted:
+        def __init__(self, source):
+            self.cap, self.reads = cv2.VideoCapture(str(source)), 0
+
+        def read(self):
+            self.reads += 1
+            if self.reads == 6:
+                seen.extend(sorted(p.name for p in annotated.iterdir()))
+                raise KeyboardInterrupt
+            return self.cap.read()
+
+        def get(self, prop):
+            return self.cap.get(prop)
+
+        def release(self):
+            self.cap.release()
+
+    monkeypatch.setattr(video_io, "open_video", Interrupted)
+    code = main([str(video), "--model", str(checkpoint), "--tta", "none", "--json",
+                 "--annotate", str(annotated)])
+    out = capsys.readouterr()
+    assert code == 130
+    assert out.err == f"error: {video}: interrupted\n"
+    assert [json.loads(line)["frame"] for line in out.out.splitlines()] == [0, 1, 2, 3, 4]
+    assert seen == [".astronaut.annotated.partial.mp4"]  # it was being written
+    assert list(annotated.iterdir()) == []

@@ -118,7 +118,7 @@ def run_prepare(tmp, **prepare):
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
     for stage in ("download", "prepare"):
         proc = subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py")], cwd=tmp,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, timeout=600)
         if proc.returncode:
             return proc
     return proc

@@ -474,17 +474,17 @@ def test_the_download_stage_passes_the_caps_from_params(tmp_path):
                               out=str(tmp_path / "raw"), max_members=13, max_unpacked_mb=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     stage = [sys.executable, str(ROOT / "stages/download.py"), "--params", "params.yaml"]
-    proc = subprocess.run(stage, cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(stage, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert "14 members, more than download.max_members = 13" in proc.stderr
     assert sum(f.stat().st_size for f in (tmp_path / "src").rglob("*.jpg")) > 2**13
     params["download"].update(max_members=14, max_unpacked_mb=2**13 / 2**20)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run(stage, cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(stage, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert "download.max_unpacked_mb = 0.0078125 (8192 bytes)" in proc.stderr
     params["download"].update(max_unpacked_mb=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run(stage, cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(stage, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert len(members(tmp_path / "raw")) == 14
 
@@ -884,7 +884,7 @@ def test_the_download_stage_prints_one_line_and_no_traceback(tmp_path):
     params["download"].update(source=str(tmp_path / "src"), local_archive="none.zip")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.run([sys.executable, str(ROOT / "stages/download.py")], cwd=tmp_path,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1
     assert proc.stderr == (f"error: {tmp_path / 'src'}: the train split has no angry images; "
                            f"expected all 7 classes {list(CLASS_NAMES)}\n")

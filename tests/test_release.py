@@ -3,6 +3,9 @@ checkpoint, the replace-only-when-better rule, the default-model choice of `ferp
 and of the served model, and (when the package ships one) the released file itself."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -13,7 +16,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from ferpipe.core.errors import CheckpointError
+from ferpipe.core.errors import CheckpointError, run_main
 from ferpipe.core.files import sha256_of
 from ferpipe.data.splits import save_split
 from ferpipe.model import released
@@ -142,6 +145,72 @@ def test_a_lossy_conversion_is_refused_and_writes_nothing(checkpoint, prepared, 
                                                r"\(\d+\.\d\d points lower; at most 0\.3"):
         rel.release(checkpoint, prepared, folder, convert=lossy)
     assert list(folder.iterdir()) == []
+
+
+def test_the_release_command_checks_the_size_and_force_replaces_a_better_model(
+        checkpoint, prepared, tmp_path, monkeypatch, capsys):
+    """`python -m ferpipe.tools.release` (its `main`, run as `__main__` runs it) over a released
+    model that scores better on val: one byte over MAX_BYTES is refused even with --force; at
+    exactly MAX_BYTES the size passes but the model does not improve on val and stays; with
+    --force it is replaced. Each refusal is one `error:` line, exit status 1, nothing in the
+    destination changed."""
+    folder = tmp_path / "released"
+    info = rel.release(checkpoint, prepared, folder, tta="none")  # no TTA: 10 x faster
+    better = json.loads((folder / "model.json").read_text())
+    better["val"]["accuracy_released"] = 0.99
+    (folder / "model.json").write_text(json.dumps(better))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    argv = [str(checkpoint), "--prepared", str(prepared), "--dest", str(folder),
+            "--run-ref", str(tmp_path / "no_run.json"), "--tta", "none"]
+
+    def command(*options: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exit_:
+            run_main(lambda: rel.main([*argv, *options]))
+        out = capsys.readouterr()
+        return exit_.value.code, out.out, out.err
+
+    size = info["bytes"]
+    monkeypatch.setattr(rel, "MAX_BYTES", size - 1)
+    assert command("--force") == (1, "", (
+        f"error: {checkpoint}: the released model is {size / 2**20:.1f} MiB; at most "
+        f"{(size - 1) / 2**20:.0f} MiB allowed; {folder} is unchanged\n"))
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+    monkeypatch.setattr(rel, "MAX_BYTES", size)
+    val = 100 * info["val"]["accuracy_released"]
+    assert command() == (1, "", (
+        f"error: {checkpoint}: val accuracy {val:.2f}% does not improve on the released "
+        f"model's 99.00% ({folder / 'model.json'}); it stays (--force replaces it anyway)\n"))
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+    code, out, err = command("--force")
+    assert (code, err) == (0, "")
+    lines = [f"wrote {folder / 'model.onnx'} ({size / 2**20:.1f} MiB, tta none, logit "
+             f"adjustment 0.5):"]
+    for split in ("val", "test"):
+        s = info[split]
+        lines.append(f"  {split}: {100 * s['accuracy_released']:.2f}% released, "
+                     f"{100 * s['accuracy_full']:.2f}% checkpoint (80 images)")
+    assert out.splitlines() == lines
+    replaced = json.loads((folder / "model.json").read_text())
+    assert replaced["val"] == info["val"] and replaced["sha256"] == info["sha256"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.onnx"]
+
+
+@pytest.mark.parametrize("tau", ["inf", "nan", "-1", "-inf"])
+def test_the_release_command_refuses_a_logit_adjustment_that_is_not_finite_and_positive(
+        tau, tmp_path):
+    """Before anything is read or written: argparse's usage, one error line, status 2."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "ferpipe.tools.release", "missing.pt", "--dest",
+         str(tmp_path / "released"), f"--logit-adjustment={tau}"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(rel.__file__).parents[2])},
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if "error" in line] == [
+        f"release.py: error: argument --logit-adjustment: got {tau}; expected a finite number "
+        f">= 0"]
+    assert not (tmp_path / "released").exists()
 
 
 def test_release_checks_its_inputs_before_exporting(checkpoint, tmp_path):

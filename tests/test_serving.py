@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import os
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -22,7 +23,7 @@ from skimage import data as skdata
 from ferpipe.data.splits import CLASS_NAMES
 from ferpipe.model.inference import Classifier, probabilities
 from ferpipe.predict.predictor import Predictor, load_gray
-from ferpipe.serve.pyfunc import ExpressionModel, log_serving_model, to_pixels
+from ferpipe.serve.pyfunc import BadRequest, ExpressionModel, log_serving_model, to_pixels
 from tests.fakedata import face_like, random_checkpoint
 from tests.servers import free_port, server_on
 
@@ -179,7 +180,7 @@ PIXELS = "expected pixel values 0-255 (not normalized); got"
     ({"inputs": [FACE.tolist()], "params": {"tta": "vflip"}},
      "params.tta: got 'vflip'; expected one of ['none', 'hflip', 'ten_crop']"),
     ({"inputs": [FACE.tolist()], "params": {"logit_adjustment": -1}},
-     "params.logit_adjustment: got -1.0; expected a number >= 0"),
+     "params.logit_adjustment: got -1.0; expected a finite number >= 0"),
     ({"inputs": [(FACE * 2.0).tolist()]}, f"{PIXELS} {FACE.min() * 2.0}..{FACE.max() * 2.0}"),
     ({"inputs": [(FACE - 300.0).tolist()]}, f"{PIXELS} {FACE.min() - 300.0}..{FACE.max() - 300.0}"),
     ({"inputs": [[[float("nan")] * 48] * 48]}, f"{PIXELS} NaN"),
@@ -229,3 +230,85 @@ def test_the_model_rounds_pixels_and_names_the_classes(checkpoint):
     expected = probabilities(Classifier.from_checkpoint(checkpoint), images)  # the defaults
     np.testing.assert_allclose(out.to_numpy(), expected, atol=1e-6)
     np.testing.assert_array_equal(to_pixels([[[0.4, 254.6] * 24] * 48], 48)[0, 0, :2], [0, 255])
+
+
+def test_the_model_refuses_a_logit_adjustment_that_is_not_finite(checkpoint):
+    """JSON cannot carry inf or nan, but a caller of the pyfunc can: refused as a negative one
+    is, in the words of every --logit-adjustment (`ferpipe.core.options`)."""
+    model = ExpressionModel()
+    model.load_context(SimpleNamespace(artifacts={"checkpoint": str(checkpoint)}))
+    for tau, got in ((float("inf"), "inf"), (float("nan"), "nan"), (np.float64(-2), "-2.0"),
+                     (True, "True"), ("0.5", "'0.5'")):
+        with pytest.raises(BadRequest) as refused:
+            model.predict(None, [FACE.tolist()], params={"logit_adjustment": tau})
+        assert refused.value.message == (f"params.logit_adjustment: got {got}; expected a "
+                                         f"finite number >= 0")
+
+
+# --------------------------------------------------------------------------- python -m ferpipe.serve.pyfunc
+
+SERVE_FOLDER_TIMEOUT_S = 300
+
+
+def serve_folder(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m ferpipe.serve.pyfunc ARGS` run in `cwd` (this checkout on PYTHONPATH)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "ferpipe.serve.pyfunc", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=SERVE_FOLDER_TIMEOUT_S)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The lines of `stderr` that report an error (argparse's usage and MLflow's warnings
+    aside)."""
+    return [line for line in stderr.splitlines() if "error" in line.lower()]
+
+
+def test_the_serve_folder_command_writes_the_model_it_names_on_stderr(checkpoint, tmp_path):
+    """In a folder with the train stage's checkpoint, `python -m ferpipe.serve.pyfunc DEST`
+    saves that model as an MLflow model folder, says on stderr which model it took, and the
+    folder answers with the --tta and --logit-adjustment given as its defaults; a second run
+    to the same folder is refused in one line and leaves it as it was."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").write_bytes(checkpoint.read_bytes())
+    proc = serve_folder(["served", "--tta", "none", "--logit-adjustment", "0"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "model: models/model.pt (the train stage's checkpoint)" in proc.stderr.splitlines()
+    assert proc.stdout == ("wrote served; serve it with: mlflow models serve -m served "
+                           "--env-manager local\n")
+    assert "Traceback" not in proc.stderr and error_lines(proc.stderr) == []
+
+    served = mlflow.pyfunc.load_model(str(tmp_path / "served"))
+    assert {p.name: p.default for p in served.metadata.get_params_schema().params} == {
+        "tta": "none", "logit_adjustment": 0.0}
+    images = np.stack([face_like(c, np.random.default_rng(c)) for c in range(3)])
+    expected = Classifier.from_checkpoint(checkpoint).predict(images, tta="none")  # tau 0
+    np.testing.assert_allclose(served.predict(images.astype(np.float32)).to_numpy(), expected,
+                               atol=1e-6)
+
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "served").rglob("*"))
+    again = serve_folder(["served", "--model", str(checkpoint)], tmp_path)
+    assert again.returncode == 1 and again.stdout == "" and "Traceback" not in again.stderr
+    assert error_lines(again.stderr) == [
+        "error: served: exists; expected a new folder for the MLflow model"]
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "served").rglob("*")) == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--logit-adjustment", "inf"], "argument --logit-adjustment: got inf; expected a finite "
+                                    "number >= 0"),
+    (["--logit-adjustment", "nan"], "argument --logit-adjustment: got nan; expected a finite "
+                                    "number >= 0"),
+    (["--logit-adjustment", "-1"], "argument --logit-adjustment: got -1; expected a finite "
+                                   "number >= 0"),
+    (["--tta", "vflip"], "argument --tta: invalid choice: 'vflip' (choose from 'none', 'hflip', "
+                         "'ten_crop')"),
+    (["--model", "missing.pt"], "missing.pt: checkpoint not found (run the train stage)"),
+], ids=["inf", "nan", "negative", "tta", "no-model"])
+def test_the_serve_folder_command_refuses_bad_options_in_one_line(checkpoint, tmp_path, args,
+                                                                  message):
+    proc = serve_folder(["served", "--model", str(checkpoint), *args], tmp_path)
+    assert proc.returncode == (1 if args[0] == "--model" else 2)  # argparse's 2 for usage
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    (line,) = error_lines(proc.stderr)
+    assert line.endswith(f"error: {message}")
+    assert not (tmp_path / "served").exists()

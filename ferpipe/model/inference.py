@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from ferpipe.core.options import check_logit_adjustment
 from ferpipe.model.device import StepContext, autocast
 
 
@@ -206,16 +207,17 @@ def probabilities(classifier: Classifier, images: np.ndarray, tta: str = DEFAULT
         classifier: a checkpoint's or ONNX file's `Classifier`; one without class counts (a
             checkpoint or ONNX file written before they were recorded) is not adjusted.
         images: uint8 (N, S, S), S = `classifier.image_size` (48), pixels 0-255.
-        tta, crop: see `ferpipe.model.inference.tta_views`. logit_adjustment: tau, >= 0 (0: off).
+        tta, crop: see `ferpipe.model.inference.tta_views`. logit_adjustment: tau, a finite
+            number >= 0 (0: off).
 
     Returns:
         float32 (N, C) probabilities, rows summing to 1.
 
     Raises:
-        ValueError: a negative `logit_adjustment`, or see `tta_views`.
+        ValueError: a `logit_adjustment` that is negative, infinite or NaN (`logit adjustment:
+            got inf; expected a finite number >= 0`, `ferpipe.core.options`), or see `tta_views`.
     """
-    if logit_adjustment < 0:
-        raise ValueError(f"logit adjustment: got {logit_adjustment}; expected a number >= 0")
+    logit_adjustment = check_logit_adjustment(logit_adjustment)
     probs = classifier.predict(images, tta, crop)
     if not logit_adjustment or not classifier.class_counts:
         return probs

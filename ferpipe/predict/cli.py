@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ferpipe.core.errors import FerpipeError
+from ferpipe.core.options import logit_adjustment_type
 from ferpipe.core.params import TTA_MODES
 from ferpipe.model.inference import DEFAULT_LOGIT_ADJUSTMENT, DEFAULT_TTA
 from ferpipe.predict.drawing import annotate
@@ -120,12 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="test-time augmentation (default %(default)s: what the evaluate "
                              "stage uses for the README's test accuracy, evaluate.tta, chosen "
                              "on val)")
-    parser.add_argument("--logit-adjustment", type=_bounded(float, 0.0), metavar="TAU",
+    parser.add_argument("--logit-adjustment", type=logit_adjustment_type, metavar="TAU",
                         default=DEFAULT_LOGIT_ADJUSTMENT,
                         help="post-hoc logit adjustment: log-probabilities minus TAU x log(the "
-                             "training class prior), favouring rare classes (default "
-                             "%(default)s: evaluate.logit_adjustment, chosen on val with the "
-                             "TTA; 0: off)")
+                             "training class prior), favouring rare classes; a finite number "
+                             ">= 0 (default %(default)s: evaluate.logit_adjustment, chosen on val "
+                             "with the TTA; 0: off)")
     parser.add_argument("--tta-crop", type=_bounded(int, 1), default=None,
                         help="ten-crop side, pixels, at most the model's image size (default "
                              "%(default)s: the model's training crop, or 44 for a model trained "

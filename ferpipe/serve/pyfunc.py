@@ -17,13 +17,13 @@ Requests (`mlflow models serve` / `POST /invocations`, JSON), one of:
   normalized. The answer is one `{"angry": p, ..., "surprise": p}` per image.
 
 Optional `"params": {"tta": "none", "logit_adjustment": 0}`: the TTA (none | hflip | ten_crop)
-and the post-hoc logit adjustment tau (a number >= 0; `ferpipe.model.inference.probabilities`); the
-defaults are those the evaluate stage scored the model with, `evaluate.tta` and
-`evaluate.logit_adjustment` (ten_crop and 0.5, as `ferpipe-predict`). The response is
-`{"predictions": [...]}`; a bad request gets HTTP 400 and `{"error_code":
-"INVALID_PARAMETER_VALUE", "message": "<what was expected>", ...}`. The model is logged without an
-input schema (one schema cannot admit both kinds of input; the model checks its input itself) and
-with a params schema for `tta` and `logit_adjustment`.
+and the post-hoc logit adjustment tau (a finite number >= 0;
+`ferpipe.model.inference.probabilities`); the defaults are those the evaluate stage scored the
+model with, `evaluate.tta` and `evaluate.logit_adjustment` (ten_crop and 0.5, as
+`ferpipe-predict`). The response is `{"predictions": [...]}`; a bad request gets HTTP 400 and
+`{"error_code": "INVALID_PARAMETER_VALUE", "message": "<what was expected>", ...}`. The model is
+logged without an input schema (one schema cannot admit both kinds of input; the model checks its
+input itself) and with a params schema for `tta` and `logit_adjustment`.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from PIL import Image
 
 from ferpipe.core.errors import OutputError, shorten
 from ferpipe.core.files import PACKAGE_DIR
+from ferpipe.core.options import check_logit_adjustment, logit_adjustment_type
 from ferpipe.core.params import TTA_MODES
 from ferpipe.model.inference import DEFAULT_LOGIT_ADJUSTMENT, DEFAULT_TTA, probabilities
 from ferpipe.predict.faces import FaceDetector
@@ -102,8 +103,8 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
             model_input: photos: a mapping or DataFrame whose only key / column is `image`,
                 base64-encoded image files (str); pixels: array-like (B, S, S), S = the
                 checkpoint's image size (48), values 0-255.
-            params: {"tta": "none" | "hflip" | "ten_crop", "logit_adjustment": tau >= 0}
-                (defaults `self.default_tta`, `self.default_logit_adjustment`).
+            params: {"tta": "none" | "hflip" | "ten_crop", "logit_adjustment": tau, a finite
+                number >= 0} (defaults `self.default_tta`, `self.default_logit_adjustment`).
 
         Returns:
             photos: a list of one dict per face (image, face, box [x, y, w, h] in pixels,
@@ -111,9 +112,9 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
             one float column per class name) of probabilities.
 
         Raises:
-            BadRequest: an unknown `tta`; a `logit_adjustment` that is not a number >= 0; a
-                photo that is not base64 or not an image; pixels of another shape, not numbers,
-                outside 0-255 or looking normalized (0-1); no images.
+            BadRequest: an unknown `tta`; a `logit_adjustment` that is not a finite number >= 0;
+                a photo that is not base64 or not an image; pixels of another shape, not
+                numbers, outside 0-255 or looking normalized (0-1); no images.
         """
         try:
             tta = (params or {}).get("tta") or self.default_tta
@@ -143,15 +144,13 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
 
 
 def _logit_adjustment(value: Any) -> float:
-    """`params.logit_adjustment` as a float.
+    """`params.logit_adjustment` as a float (`ferpipe.core.options.check_logit_adjustment`).
 
     Raises:
-        ValueError: not a finite number >= 0 (booleans and strings included).
+        ValueError: not a finite number >= 0 (booleans and strings included):
+            `params.logit_adjustment: got inf; expected a finite number >= 0`.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not (
-            np.isfinite(value) and value >= 0):
-        raise ValueError(f"params.logit_adjustment: got {shorten(value)}; expected a number >= 0")
-    return float(value)
+    return check_logit_adjustment(value, "params.logit_adjustment")
 
 
 def photo_column(model_input: Any) -> list[Any] | None:
@@ -315,6 +314,8 @@ def save_serving_model(dest: str | Path, model: str | Path | None = None,
     example = generated_example(classifier.image_size)
     mlflow.pyfunc.save_model(str(dest), **_pyfunc_args(model, example, tta, logit_adjustment))
     return dest, which
+
+
 def _version(package: str) -> str:
     from importlib.metadata import version
 
@@ -350,12 +351,11 @@ def main(argv: list[str] | None = None) -> None:
                              "else the released model)")
     parser.add_argument("--tta", choices=TTA_MODES, default=DEFAULT_TTA,
                         help="the TTA of a request that names none")
-    parser.add_argument("--logit-adjustment", type=float, default=DEFAULT_LOGIT_ADJUSTMENT,
-                        metavar="TAU", help="the logit adjustment tau (>= 0) of a request that "
-                                            "names none")
+    parser.add_argument("--logit-adjustment", type=logit_adjustment_type,
+                        default=DEFAULT_LOGIT_ADJUSTMENT, metavar="TAU",
+                        help="the logit adjustment tau (a finite number >= 0) of a request that "
+                             "names none")
     args = parser.parse_args(argv)
-    if not (args.logit_adjustment >= 0 and np.isfinite(args.logit_adjustment)):
-        parser.error(f"--logit-adjustment: got {args.logit_adjustment}; expected a number >= 0")
     dest, which = save_serving_model(args.dest, args.model, args.tta, args.logit_adjustment)
     print(which, file=sys.stderr)
     print(f"wrote {dest}; serve it with: mlflow models serve -m {dest} --env-manager local")

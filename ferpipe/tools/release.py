@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m ferpipe.tools.release [CHECKPOINT]`: write the released model (see `release`)."""
     import argparse
 
+    from ferpipe.core.options import logit_adjustment_type
     from ferpipe.core.params import TTA_MODES
 
     parser = argparse.ArgumentParser(
@@ -187,13 +188,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dest", default=str(RELEASED_DIR))
     parser.add_argument("--tta", default=None, choices=TTA_MODES,
                         help="default: ferpipe-predict's (evaluate.tta)")
-    parser.add_argument("--logit-adjustment", type=float, default=None, metavar="TAU",
-                        help="default: ferpipe-predict's (evaluate.logit_adjustment)")
+    parser.add_argument("--logit-adjustment", type=logit_adjustment_type, default=None,
+                        metavar="TAU", help="a finite number >= 0; default: ferpipe-predict's "
+                                            "(evaluate.logit_adjustment)")
     parser.add_argument("--force", action="store_true",
                         help="replace the released model even if val accuracy does not improve")
     args = parser.parse_args(argv)
-    if args.logit_adjustment is not None and not args.logit_adjustment >= 0:
-        parser.error(f"--logit-adjustment: got {args.logit_adjustment}; expected a number >= 0")
     info = release(args.checkpoint, args.prepared, args.dest, args.tta, args.run_ref, args.force,
                    logit_adjustment=args.logit_adjustment)
     print(f"wrote {Path(args.dest) / RELEASED_MODEL.name} ({info['bytes'] / 2**20:.1f} MiB, "
