@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -21,17 +22,26 @@ EPOCHS = 6
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
+def prepared(tmp_path_factory):
     """A repo with data prepared (download, prepare, stats), set for a 6-epoch training run of a
-    few seconds per epoch."""
+    few seconds per epoch; never trained in. Each test gets its own copy (`repo`)."""
     tmp = tmp_path_factory.mktemp("faults")
     make_image_folders(tmp / "images", n_train=40, n_test=6)
     archive = make_zip(tmp / "images", tmp / "fer_tiny.zip")
-    path = tmp / "repo"
+    path = tmp / "template"
     env = make_repo(path, archive, model={"stem": "standard"},
                     train={"epochs": EPOCHS, "batch_size": 16}, plot={"grid_images": 4})
     sh(["dvc", "repro", "stats"], path, env)
-    return {"path": path, "env": env, "tmp": tmp}
+    return {"path": path, "env": env}
+
+
+@pytest.fixture()
+def repo(prepared, tmp_path):
+    """A copy of the prepared repo (git, DVC cache and outputs) for this test alone, so that every
+    test starts from data prepared and nothing trained, whatever ran before it."""
+    path = tmp_path / "repo"
+    shutil.copytree(prepared["path"], path, symlinks=True)
+    return {"path": path, "env": prepared["env"], "tmp": tmp_path}
 
 
 def train_processes(parent: psutil.Process, timeout: float = 120) -> list[psutil.Process]:
@@ -127,7 +137,7 @@ def test_a_checkpoint_from_other_params_is_not_resumed(repo):
     params = (r / "params.yaml").read_text()
     # Leave a checkpoint of the current params behind, then change a param.
     resume_file = r / "models/resume.pt"
-    resume_file.parent.mkdir(exist_ok=True)  # also when this test runs without the one above
+    resume_file.parent.mkdir(exist_ok=True)
     torch.save({"fingerprint": "something else", "epoch": 3}, resume_file)
     out = sh(["dvc", "repro", "-f", "train"], r, env)
     assert "not resumed, starting over" in out and "resuming" not in out
@@ -183,7 +193,7 @@ def test_two_queued_experiments_run_at_once_and_both_reach_mlflow(repo):
 
 def test_push_then_pull_into_a_fresh_clone_restores_data_and_model_byte_for_byte(repo):
     r, env, tmp = repo["path"], repo["env"], repo["tmp"]
-    sh(["dvc", "repro"], r, env)  # evaluate and plot, after the forced train run above
+    sh(["dvc", "repro"], r, env)
     assert "up to date" in sh(["dvc", "status"], r, env)
     sh(["dvc", "remote", "add", "-d", "shared", str(tmp / "remote")], r, env)
     sh(["git", "add", "-A"], r, env)
