@@ -15,14 +15,19 @@ def arch(**values):
     return default_params(model=values).model
 
 
-@pytest.mark.parametrize("stem,feature", [("standard", 12), ("3x3", 24), ("3x3_nopool", 48)])
-def test_output_shape_and_stem_resolution(stem, feature):
+@pytest.mark.parametrize("stem,feature,convs", [("standard", 12, 1), ("3x3", 24, 1),
+                                                 ("3x3_nopool", 48, 1), ("3x3_double", 24, 2)])
+def test_output_shape_and_stem_resolution(stem, feature, convs):
     model = build_model(arch(stem=stem)).eval()
     x = torch.randn(3, 1, 48, 48)
     assert model(x).shape == (3, 7)
     stem_out = model.maxpool(model.relu(model.bn1(model.conv1(x))))
     assert stem_out.shape == (3, 64, feature, feature)
-    assert model.conv1.in_channels == 1
+    conv_layers = [m for m in model.conv1.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(conv_layers) == convs and conv_layers[0].in_channels == 1
+    # every convolution of the stem keeps the full 48 x 48 resolution but the standard stem's
+    if stem != "standard":
+        assert model.conv1(x).shape == (3, 64, 48, 48)
 
 
 def test_head_with_hidden_layer():

@@ -58,7 +58,7 @@ def test_project_params_are_valid_complete_and_typed():
     ("prepare", "max_bad_fraction", 2,
      "prepare.max_bad_fraction: got 2; input should be less than or equal to 1"),
     ("model", "stem", "7x7",
-     "model.stem: got '7x7'; input should be 'standard', '3x3' or '3x3_nopool'"),
+     "model.stem: got '7x7'; input should be 'standard', '3x3', '3x3_nopool' or '3x3_double'"),
     ("augment", "hflip", 1.5, "augment.hflip: got 1.5; input should be less than or equal to 1"),
     ("download", "sha256", "abc", "download.sha256: got 'abc'; expected null or 64 hexadecimal digits"),
     ("download", "max_members", 0,

@@ -34,7 +34,7 @@ DEFAULT_PARAMS = Path("params.yaml")
 # --------------------------------------------------------------------------- choices (defined once)
 
 Arch = Literal["resnet18", "small_cnn"]
-Stem = Literal["standard", "3x3", "3x3_nopool"]
+Stem = Literal["standard", "3x3", "3x3_nopool", "3x3_double"]
 Optimizer = Literal["adamw", "sgd"]
 AmpMode = Literal["auto", "bf16", "fp16", "none"]
 ClassWeights = Literal["none", "inverse_frequency"]

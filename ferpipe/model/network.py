@@ -53,7 +53,10 @@ def build_model(cfg: Model, num_classes: int = 7, input_size: int = 48) -> nn.Mo
     "3x3_nopool" a 3x3 stride-1 conv without max-pool (48x48), the stem of the CIFAR ResNets (He
     et al. 2016, "Deep Residual Learning for Image Recognition", section 4.2) used by the
     strongest from-scratch FER2013 ResNet18 results: every feature map has twice the side of
-    "3x3"'s, about 4x its FLOPs.
+    "3x3"'s, about 4x its FLOPs. "3x3_double" is in between: two 3x3 stride-1 convolutions (64
+    channels, BatchNorm + ReLU between them) at full resolution, then the max-pool (24x24), as
+    the VGG variant of Khaireddin & Chen 2021 (arXiv:2105.03588) convolves twice at 40 x 40
+    before its first pooling: work at full resolution without 4x the cost of every later stage.
     `cfg.pretrained` starts from torchvision's ImageNet weights: with the standard stem, the RGB
     conv1 filters are summed over the colour axis into one channel (the grayscale image equals
     R = G = B, so the response is unchanged); the 3x3 stems start fresh. `cfg.hidden` is the
@@ -75,6 +78,11 @@ def build_model(cfg: Model, num_classes: int = 7, input_size: int = 48) -> nn.Mo
         model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
         if cfg.pretrained:
             model.conv1.weight.data.copy_(rgb_weight.sum(dim=1, keepdim=True))
+    elif stem == "3x3_double":
+        model.conv1 = nn.Sequential(
+            nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+            nn.Conv2d(64, 64, kernel_size=3, stride=1, padding=1, bias=False))
     else:
         model.conv1 = nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False)
         if stem == "3x3_nopool":
