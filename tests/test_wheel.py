@@ -3,6 +3,7 @@ released model, and its `ferpipe-predict` labels a photo with that model, outsid
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,13 +17,25 @@ ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
 
+#: What building the wheel reads from the repo.
+SOURCES = ["pyproject.toml", "README.md", "LICENSE", "ferpipe"]
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    """The wheel, built from a copy of the repo's sources (setuptools writes build/ and
+    *.egg-info/ beside the sources: not into the checkout)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "source"
+    source.mkdir()
+    for name in SOURCES:
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
+        copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                            if (ROOT / name).is_dir() else {}))
     # --no-build-isolation: the build uses this environment's setuptools, so no network is needed
     subprocess.run([PYTHON, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "-w", str(out), str(ROOT)], check=True, timeout=300, cwd=out)
-    (found,) = out.glob("ferpipe-*.whl")
+                    "-w", str(tmp / "dist"), str(source)], check=True, timeout=300, cwd=tmp)
+    (found,) = (tmp / "dist").glob("ferpipe-*.whl")
     return found
 
 
