@@ -6,8 +6,9 @@ out. Prints one JSON line per epoch and a summary.
     python scripts/short_run.py --epochs 4 --seed 0
 
 It uses only functions the training code has had since the project's first ResNet18 runs
-(`fit`, `build_model`, `StepContext`, `resolve_amp`, `resolve_device`), so the same file runs
-in a checkout of an older commit: docs/speed.md compares two commits with it.
+(`fit`, `build_model`, `StepContext`, `resolve_amp`, `resolve_device`), imported from the
+package's sub-packages; to compare with a commit from before the sub-packages (docs/speed.md
+compares two commits with it), run that commit's own copy of this script.
 """
 
 import argparse
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path.cwd()))  # the checkout it runs in, not an installed
 
 from ferpipe.core.files import read_json  # noqa: E402
 from ferpipe.core.params import load_params  # noqa: E402
-from ferpipe.data.splits import CLASS_NAMES, load_split
+from ferpipe.data.splits import CLASS_NAMES, load_split  # noqa: E402
 from ferpipe.model.device import StepContext, resolve_amp, resolve_device  # noqa: E402
 from ferpipe.model.network import build_model  # noqa: E402
 from ferpipe.train.fit import fit  # noqa: E402
