@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+import yaml
 
 from tests.fakedata import make_image_folders, make_zip
 from tests.fakerepo import make_repo, read_csv, sh, store_runs
@@ -65,8 +66,10 @@ def train_processes(parent: psutil.Process, timeout: float = 120) -> list[psutil
     raise AssertionError("the train stage did not start")
 
 
-def test_killed_training_resumes_from_the_last_completed_epoch(repo):
-    r, env = repo["path"], repo["env"]
+def kill_training_mid_run(r: Path, env: dict) -> tuple[int, str]:
+    """Run `dvc repro` in `r` until the train stage has written a resume checkpoint after epoch 2
+    or later, then kill the train processes. Returns (the last completed epoch, DVC's output);
+    DVC has exited with an error by then. Nothing stays stopped or running, pass or fail."""
     resume_file = r / "models/resume.pt"
     dvc = subprocess.Popen(["dvc", "repro"], cwd=r, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
@@ -104,6 +107,13 @@ def test_killed_training_resumes_from_the_last_completed_epoch(repo):
         dvc.kill()
         dvc.wait(timeout=60)
     assert dvc.returncode != 0, out
+    return done, out
+
+
+def test_killed_training_resumes_from_the_last_completed_epoch(repo):
+    r, env = repo["path"], repo["env"]
+    resume_file = r / "models/resume.pt"
+    done, out = kill_training_mid_run(r, env)
     state = torch.load(resume_file, weights_only=True)
     assert state["epoch"] == done
     run_id = state["extra"]["run_id"]
@@ -241,3 +251,22 @@ def test_a_killed_prepare_leaves_no_decoding_worker_running(tmp_path):
         survivors = [w for w in workers if w.is_running()
                      and w.status() != psutil.STATUS_ZOMBIE]
     assert not survivors, [w.pid for w in survivors]
+
+
+def test_with_resume_off_training_starts_over_and_writes_no_checkpoint(repo):
+    """`train.resume: false`: the checkpoint a killed run of the same params and data left is
+    not resumed from (training starts at epoch 1) and no checkpoint is written or removed."""
+    r, env = repo["path"], repo["env"]
+    resume_file = r / "models/resume.pt"
+    done, _ = kill_training_mid_run(r, env)
+    left = resume_file.read_bytes()
+    params = yaml.safe_load((r / "params.yaml").read_text())
+    params["train"]["resume"] = False
+    (r / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh(["dvc", "repro", "train"], r, env)
+    assert "resuming" not in out and "epoch 1:" in out and f"epoch {EPOCHS}:" in out
+    train_json = json.loads((r / "metrics/train.json").read_text())
+    assert train_json["epochs"] == EPOCHS and train_json["resumed_after_epoch"] == 0
+    assert len(read_csv(r / "metrics/history.csv")) == EPOCHS
+    assert resume_file.read_bytes() == left  # the killed run's, untouched: none written
+    assert torch.load(resume_file, weights_only=True)["epoch"] == done
