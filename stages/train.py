@@ -29,6 +29,7 @@ from ferpipe.model.network import build_model
 from ferpipe.train.distributed import Dist, all_reduce, init_distributed, shutdown_distributed
 from ferpipe.train.fit import fit
 from ferpipe.train.resume import Resume, fingerprint
+from ferpipe.train.teacher import check_distillation, load_targets
 
 #: The code a resume checkpoint must have been written by (with the same params and data): this
 #: script and every package module it imports (the list dvc.yaml's deps are checked against).
@@ -65,11 +66,15 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     amp = resolve_amp(cfg.amp, device)
     stats = read_stats(cfg.stats)  # checked before anything is built or trained
+    check_distillation(cfg, params.augment)
     if dist.is_main:
         store.check_store()  # a tracking server that is down: one line, before anything else
     data_dir, out = Path(cfg.data), Path(cfg.out)
     train, val = load_split(data_dir / "train.npz"), load_split(data_dir / "val.npz")
     size = train["images"].shape[-1]
+    teacher = load_targets(cfg, data_dir / "train.npz", train["labels"])
+    teacher_tags = {} if teacher is None else {
+        f"teacher/{k}": str(v) for k, v in teacher[1].items() if not isinstance(v, (dict, list))}
     counts = list(class_counts(train["labels"]).values())  # the prior of evaluate.logit_adjustment
     input_size = min(params.augment.crop, size)  # what the model sees: the crop, or the image
     model = build_model(params.model, len(CLASS_NAMES), input_size).to(device)
@@ -84,7 +89,8 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
     resume = None
     if cfg.resume:
         resume = Resume(out / "resume.pt", fingerprint(
-            used, [data_dir / "train.npz", data_dir / "val.npz", cfg.stats, *CODE],
+            used, [data_dir / "train.npz", data_dir / "val.npz", cfg.stats, *CODE,
+                   *([cfg.teacher] if teacher else [])],
             dist.world_size, device=device.type, precision=precision))
         resume.load()
     run_id = resume.state["extra"].get("run_id") if resume and resume.state else None
@@ -98,7 +104,8 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
         with store.store_errors("cannot start the run", "nothing was trained"):
             run_context = tracking.closing(tracking.start_run(cfg.experiment, used, {
                 "device": str(device), "precision": precision,
-                "torch_version": torch.__version__, "world_size": str(dist.world_size)},
+                "torch_version": torch.__version__, "world_size": str(dist.world_size),
+                **teacher_tags},
                 run_id=run_id), relog)
     # Epochs whose metrics the store did not take; kept in the resume checkpoint, logged at the end
     missed = list(resume.state["extra"].get("unlogged_epochs", [])) if run_id else []
@@ -122,7 +129,7 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
                                    "class_counts": counts})
 
         result = fit(model, train, val, cfg, params.augment, ctx, on_best, epoch_log, dist,
-                     resume)
+                     resume, teacher[0] if teacher else None)
         wall = result.wall_seconds
         # The largest peak over the ranks (each holds its own copy of the arrays).
         peak = all_reduce(torch.tensor([peak_rss_mb()], dtype=torch.float64, device=device),

@@ -145,6 +145,9 @@ class Augment(_Section):
     mixup_alpha: NonNegative
     cutmix_alpha: NonNegative
     mix_prob: Probability
+    #: Share of the last epochs trained on the clean distribution: crop and flip only (rotation,
+    #: translation, zoom, brightness, contrast, erasing and AutoAugment off); 0: off.
+    clean_last: Annotated[Float, Field(ge=0, lt=1)] = 0.0
 
 
 class Train(_Section):
@@ -175,6 +178,10 @@ class Train(_Section):
     compile: CompileSetting
     launcher: Annotated[str, Field(min_length=1)]
     resume: Bool
+    #: A file of per-image teacher probabilities for the train split (`python -m
+    #: ferpipe.tools.teacher`), or None; `distill_weight` of the target comes from it.
+    teacher: Path_ | None = None
+    distill_weight: Probability = 0.0
 
 
 class Evaluate(_Section):

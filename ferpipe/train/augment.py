@@ -248,3 +248,18 @@ def auto_augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         return torch.stack([AUTO_AUGMENT(image.unsqueeze(0)) for image in images]).squeeze(1)
+
+
+def clean_augment(cfg: Augment) -> Augment:
+    """The augmentation of the last `augment.clean_last` share of the epochs: the same random crop
+    and flip, with rotation, translation, zoom, brightness, contrast, erasing and AutoAugment off,
+    so training ends on the distribution it is tested on (He et al. 2019, "Data augmentation
+    revisited", which turned the strong augmentation off for the last epochs)."""
+    return cfg.model_copy(update={"rotation": 0.0, "translate": 0.0, "scale": 0.0,
+                                  "brightness": 0.0, "contrast": 0.0, "erasing": 0.0,
+                                  "autoaugment": False})
+
+
+def clean_epochs(epochs: int, clean_last: float) -> int:
+    """How many of the last epochs use `clean_augment`: `round(epochs * clean_last)`."""
+    return int(round(epochs * clean_last))

@@ -17,6 +17,7 @@ from torch import nn
 from ferpipe.core.errors import ParamsError
 from ferpipe.core.params import Augment, Train
 from ferpipe.model.device import StepContext, resolve_compile
+from ferpipe.train.augment import clean_augment, clean_epochs
 from ferpipe.train.distributed import Dist, gather_states, shard_indices, wrap_model
 from ferpipe.train.loop import train_one_epoch, validate
 from ferpipe.train.recipe import TrainingError, make_ema, make_recipe
@@ -48,7 +49,8 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
         cfg: Train, aug: Augment, ctx: StepContext,
         on_best: Callable[[int, float, dict[str, torch.Tensor]], None],
         on_epoch: Callable[[dict[str, float]], None] | None = None,
-        dist: Dist = Dist(), resume: Resume | None = None) -> FitResult:
+        dist: Dist = Dist(), resume: Resume | None = None,
+        teacher_probs: np.ndarray | None = None) -> FitResult:
     """Train for `cfg.epochs` epochs with the LR schedule of `cfg.scheduler`, validating after
     each.
 
@@ -74,6 +76,10 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
             (see `Resume.load`), training continues after that state's epoch with the same
             weights, optimizer, schedule, RNG states and history, so the result equals an
             uninterrupted run's. None: no checkpoint.
+        teacher_probs: float32 (N, C) teacher probabilities of the train images
+            (`ferpipe.train.teacher.load_targets`), blended into the targets with weight
+            `cfg.distill_weight`; None: the hard labels only. The last
+            `round(cfg.epochs * aug.clean_last)` epochs train with `clean_augment(aug)`.
 
     Raises:
         ParamsError: the batch size is larger than the training split or not divisible by the
@@ -91,6 +97,9 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
         raise ParamsError(f"train.batch_size: {cfg.batch_size} is larger than the training "
                           f"split ({len(y_train)} images)")
     per_rank = cfg.batch_size // dist.world_size
+    soft = None if teacher_probs is None else torch.from_numpy(teacher_probs).float().to(device)
+    clean_from = cfg.epochs - clean_epochs(cfg.epochs, aug.clean_last)  # last "noisy" epoch
+    clean_aug = clean_augment(aug)
 
     order_gen = torch.Generator(device=device)
     order_gen.manual_seed(cfg.seed)
@@ -137,9 +146,10 @@ def fit(model: nn.Module, train: dict[str, np.ndarray], val: dict[str, np.ndarra
         stats = train_one_epoch(net, x_train, y_train,
                                 shard_indices(order, cfg.batch_size, dist), optimizer,
                                 scheduler if recipe.per_step else None, recipe.loss_fn, ctx,
-                                aug, per_rank, aug_gen, cfg.grad_clip,
-                                desc=f"epoch {epoch}/{cfg.epochs}", scaler=scaler, dist=dist,
-                                ema=ema)
+                                clean_aug if epoch > clean_from else aug, per_rank, aug_gen,
+                                cfg.grad_clip, desc=f"epoch {epoch}/{cfg.epochs}", scaler=scaler,
+                                dist=dist, ema=ema, soft=soft,
+                                distill_weight=cfg.distill_weight)
         val_stats = validate(scored, x_val, y_val, eval_ctx, dist)  # bare module: no DDP sync
         if not np.isfinite(val_stats["loss"]):
             raise TrainingError(f"epoch {epoch}: the validation loss is {val_stats['loss']}; "

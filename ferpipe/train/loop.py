@@ -61,7 +61,8 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
                     loss_fn: nn.Module, ctx: StepContext, aug: Augment, batch_size: int,
                     gen: torch.Generator, grad_clip: float = 0.0, desc: str = "train",
                     scaler: torch.amp.GradScaler | None = None, dist: Dist = Dist(),
-                    ema: AveragedModel | None = None) -> dict[str, Any]:
+                    ema: AveragedModel | None = None, soft: torch.Tensor | None = None,
+                    distill_weight: float = 0.0) -> dict[str, Any]:
     """One pass over `indices` in order, `batch_size` at a time, augmenting (and, with an alpha
     on, mixing) each batch.
 
@@ -74,6 +75,9 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         scheduler: stepped after every optimizer step, or None (a per-epoch schedule).
         dist: the process group; loss and accuracy are summed over all ranks.
         ema: updated after every optimizer step, or None.
+        soft: float32 (N, C) teacher probabilities on `ctx.device` (`ferpipe.train.teacher`), or
+            None; with it, image i's target is `(1 - distill_weight) * onehot(labels[i]) +
+            distill_weight * soft[i]` (not combinable with mixing).
 
     Returns:
         {"loss": mean loss, "accuracy": fraction correct (against the label with the largest
@@ -93,7 +97,9 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         idx = indices[step * batch_size:(step + 1) * batch_size]
         x = augment_batch(images[idx], aug, ctx.mean, ctx.std, gen)
         y = target = labels[idx]
-        if mixing:
+        if soft is not None and distill_weight > 0:
+            target = torch.lerp(F.one_hot(y, soft.shape[1]).float(), soft[idx], distill_weight)
+        elif mixing:
             x, target = mix_batch(x, y, aug, len(CLASS_NAMES), gen)
             y = target.argmax(1)
         loss, logits = train_step(model, ctx.prepare(x), target, optimizer, loss_fn, ctx,
