@@ -155,7 +155,7 @@ def main() -> None:
     # The earlier stages' summaries, checked before the model is loaded (ferpipe/core/handoffs.py)
     trained = check_train_summary(read_json("metrics/train.json"), "metrics/train.json")
     counts_file = check_data_counts(read_json("metrics/data.json"), "metrics/data.json")
-    tracking.read_run_record(cfg.run)  # logged into at the end: checked now
+    record = tracking.read_run_record(cfg.run)  # logged into at the end: checked now
     store.check_store()
     test = load_split(cfg.test)
     scorer = Scorer(cfg)
@@ -206,7 +206,8 @@ def main() -> None:
         annotate(photo, faces, outs.file("metrics/astronaut.png"))
 
     with store.store_errors("the evaluation was not logged into the run", "the outputs are "
-                               "written; run `dvc repro evaluate` again to log them"), \
+                            "written; run `dvc repro evaluate` again to log them",
+                            record["experiment"], cfg.registry_name), \
             tracking.resume_run(cfg.run) as run:
         # Run summaries under summary/, named as in metrics/summary.json (train's are there too)
         per_class = {f"test_{measure}_{name}": values[measure]

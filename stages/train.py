@@ -101,7 +101,7 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
              "(train.resume is false)")
     run_context: contextlib.AbstractContextManager = contextlib.nullcontext()
     if dist.is_main:
-        with store.store_errors("cannot start the run", "nothing was trained"):
+        with store.store_errors("cannot start the run", "nothing was trained", cfg.experiment):
             run_context = tracking.closing(tracking.start_run(cfg.experiment, used, {
                 "device": str(device), "precision": precision,
                 "torch_version": torch.__version__, "world_size": str(dist.world_size),
@@ -147,7 +147,8 @@ def train_model(params: Params, dist: Dist, device: torch.device) -> None:
                    "device": str(device), "precision": precision}
         write_json(metrics, outs.file("metrics/train.json"))
     # Every file is in place: log them into the run, then drop the resume checkpoint.
-    with store.store_errors("the run's summaries, history and model were not logged", relog), \
+    with store.store_errors("the run's summaries, history and model were not logged", relog,
+                            cfg.experiment), \
             tracking.resume_run(out / "mlflow_run.json"):
         # Run summaries under summary/: they must not share a key with a per-epoch series
         # (epoch/images_per_s) and are grouped after the curves in MLflow's charts.

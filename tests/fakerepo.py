@@ -21,7 +21,8 @@ import mlflow
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-COPY = ["ferpipe", "stages", "dvc.yaml", "params.yaml", ".gitignore"]
+COPY = ["ferpipe", "stages", "dvc.yaml", "params.yaml", ".gitignore",
+        "models/teachers"]  # the committed teacher targets: a dep of the train stage
 
 
 #: The longest any one command of the end-to-end tests may take (a `dvc repro` of the tiny

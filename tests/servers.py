@@ -1,8 +1,9 @@
-"""Servers the tests start on a loopback port: `mlflow models serve`, `mlflow ui`."""
+"""Servers the tests start on a loopback port: `mlflow models serve`, `mlflow ui`, nginx."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -56,4 +58,58 @@ def server_on(args: list[str], port: int, ready_path: str, cwd, env,
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+        log.close()
+
+
+def nginx_binary() -> str | None:
+    """nginx from Debian's package (/usr/sbin, often not on a user's PATH), else PATH's."""
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx")
+                                     else None)
+
+
+@contextmanager
+def nginx_on(site: Path, folder: Path, port: int, timeout_s: float = 60) -> Iterator[None]:
+    """Run nginx in the foreground with a minimal main configuration in `folder` that includes
+    the server blocks of `site` (what docs/team.md writes to /etc/nginx/conf.d/), until `port`
+    accepts connections; stop it after. As root, its workers run as root too (they read the
+    test's password file and write its temp folders)."""
+    binary = nginx_binary()
+    assert binary, "nginx not found"
+    folder.mkdir(parents=True, exist_ok=True)
+    temp = {name: folder / "tmp" / name for name in ("client_body", "proxy", "fastcgi", "uwsgi",
+                                                      "scgi")}
+    for path in temp.values():
+        path.mkdir(parents=True, exist_ok=True)
+    conf = folder / "nginx.conf"
+    conf.write_text("\n".join([
+        "user root;" if os.geteuid() == 0 else "",
+        "daemon off;", "worker_processes 1;", f"pid {folder / 'nginx.pid'};",
+        f"error_log {folder / 'error.log'};", "events { worker_connections 64; }",
+        "http {", "  access_log off;",
+        *(f"  {name}_temp_path {path};" for name, path in temp.items()),
+        f"  include {site};", "}", ""]))
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(folder), "-e",
+                             str(folder / "error.log")], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise AssertionError("nginx exited: " + log.read().decode(errors="replace")
+                                     + (folder / "error.log").read_text(errors="replace"))
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.time() < deadline, "nginx did not listen"
+            time.sleep(0.2)
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         log.close()

@@ -1,11 +1,15 @@
 """A team's setup, as docs/team.md gives it, run block by block with real parts: a PostgreSQL
-server (Debian's `postgresql` package) and an `mlflow server` on it with proxied artifacts, the
-tiny pipeline as two queued experiments at once pointing at it, a DVC remote, and `mlflow models
-serve` of the registered alias through the server; the same on an `mlflow server` on SQLite; and
-the failures a team meets (server down at the start, gone mid-run, wrong database password).
+server (Debian's `postgresql` package) and an `mlflow server` on it with MLflow's basic-auth app
+and proxied artifacts, behind nginx (Debian's `nginx`) with TLS on a self-signed certificate; its
+users (an EDIT worker, a READ user, a revoked one) checked through the REST API; the tiny
+pipeline as two queued experiments at once over HTTPS as the worker, a DVC remote, and `mlflow
+models serve` of the registered alias behind the proxy's login; the same on an `mlflow server` on
+SQLite; the refusals (401, 403, an untrusted certificate) as one line each; and the failures a
+team meets (server down at the start, gone mid-run, wrong database password). No password
+appears in any output, run, `dvc.lock` or `params.yaml`.
 
-Without PostgreSQL's binaries the PostgreSQL tests skip, unless FERPIPE_REQUIRE_POSTGRES is set
-(CI sets it, and installs the package), when they fail instead."""
+Without PostgreSQL's or nginx's binaries those tests skip, unless FERPIPE_REQUIRE_POSTGRES or
+FERPIPE_REQUIRE_NGINX is set (CI sets both, and installs the packages), when they fail instead."""
 
 from __future__ import annotations
 
@@ -17,10 +21,12 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from contextlib import contextmanager
@@ -33,13 +39,20 @@ from skimage import data as skdata
 
 from tests.fakedata import make_image_folders, make_zip
 from tests.fakerepo import ROOT, make_repo, sh
-from tests.servers import free_port, server_on
+from tests.servers import free_port, nginx_binary, nginx_on, server_on
 
 # End to end: each test starts real DVC, MLflow or server processes; longer than the default limit
 pytestmark = pytest.mark.timeout(1800)
 
 DOC = ROOT / "docs" / "team.md"
-PASSWORD = "team-secret-7"
+PASSWORD = "team-secret-7"  # the database user's
+ADMIN_PASSWORD = "admin-secret-0173"
+SECRET_KEY = "flask-secret-key-5c1e9a"
+WORKER, WORKER_PASSWORD = "worker1", "worker-secret-0291"
+READER, READER_PASSWORD = "reader1", "reader-secret-0457"
+MODEL_USER, MODEL_PASSWORD = "app", "model-secret-0613"
+#: Every secret of the setup: none may appear in any output, run or committed file.
+SECRETS = (PASSWORD, ADMIN_PASSWORD, SECRET_KEY, WORKER_PASSWORD, READER_PASSWORD, MODEL_PASSWORD)
 EXPERIMENT = "fer2013-resnet18"
 
 
@@ -105,16 +118,44 @@ def postgres_server():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def api(url: str, endpoint: str, body: dict | None = None, **query) -> dict:
-    """GET (or POST `body` to) the tracking server's REST API `endpoint` with `query`."""
-    address = f"{url}/api/2.0/mlflow/{endpoint}"
-    if query:
-        address += "?" + urllib.parse.urlencode(query)
+#: How the tests' REST calls reach the server: (user, password) for basic auth, the
+#: certificate to trust for https. Set by `check_team_flow`; admin by default.
+ACCESS: dict = {"auth": ("admin", ADMIN_PASSWORD), "cafile": None}
+
+
+def request(url: str, path: str, body: dict | None = None, auth: tuple[str, str] | None = None,
+            cafile: str | None = None) -> tuple[int, bytes]:
+    """(status, body) of GET (or POST `body` to) `url + path`, with basic `auth` (None: no
+    credentials) and `cafile` trusted for https; an HTTP error status is returned, not raised."""
+    headers = {"Content-Type": "application/json"}
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(address, data=data,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
+    context = ssl.create_default_context(cafile=cafile) if url.startswith("https") else None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + path, data=data,
+                                                           headers=headers),
+                                    timeout=60, context=context) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def api(url: str, endpoint: str, body: dict | None = None, *, auth=..., **query) -> dict:
+    """GET (or POST `body` to) the tracking server's REST API `endpoint` with `query`, as
+    ACCESS says (or as `auth`); fails the test on an error status."""
+    path = f"/api/2.0/mlflow/{endpoint}" + ("?" + urllib.parse.urlencode(query) if query else "")
+    status, data = request(url, path, body, ACCESS["auth"] if auth is ... else auth,
+                           ACCESS["cafile"])
+    assert status == 200, (endpoint, status, data[:500])
+    return json.loads(data)
+
+
+def api_status(url: str, endpoint: str, body: dict | None = None, auth=None, **query) -> int:
+    """The HTTP status of one REST API call as `auth` (None: no credentials)."""
+    path = f"/api/2.0/mlflow/{endpoint}" + ("?" + urllib.parse.urlencode(query) if query else "")
+    return request(url, path, body, auth, ACCESS["cafile"])[0]
 
 
 @pytest.fixture()
@@ -131,17 +172,69 @@ def team(tmp_path):
     sh(["git", "commit", "-qm", "data"], repo, env)
     server_dir = tmp_path / "server"
     server_dir.mkdir()
-    env.update(SERVER_HOST="127.0.0.1", SERVER_PORT=str(free_port()),
+    proxy_dir, home = tmp_path / "proxy", tmp_path / "home"
+    proxy_dir.mkdir()
+    home.mkdir()
+    env.update(SERVER_PORT=str(free_port()),
                SERVER_DIR=str(server_dir), ARTIFACTS=str(server_dir / "artifacts"),
                DVC_REMOTE=str(tmp_path / "remote"), SERVE_PORT=str(free_port()),
-               MLFLOW_DB_PASSWORD=PASSWORD)
-    return {"repo": repo, "env": env, "tmp": tmp_path, "server_dir": server_dir}
+               MLFLOW_DB_PASSWORD=PASSWORD, MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN_PASSWORD,
+               MLFLOW_FLASK_SERVER_SECRET_KEY=SECRET_KEY,
+               AUTH_DB=f"sqlite:///{server_dir / 'basic_auth.db'}",
+               PROXY_NAME="localhost", PROXY_PORT=str(free_port()),
+               TLS_CERT=str(proxy_dir / "cert.pem"), TLS_KEY=str(proxy_dir / "key.pem"),
+               NGINX_SITE=str(proxy_dir / "mlflow.conf"), HTPASSWD=str(proxy_dir / "htpasswd"),
+               MODEL_USER=MODEL_USER, MODEL_PASSWORD=MODEL_PASSWORD,
+               WORKER_USER=WORKER, WORKER_PASSWORD=WORKER_PASSWORD,
+               HOME=str(home))  # the clients' ~/.mlflow/credentials
+    return {"repo": repo, "env": env, "tmp": tmp_path, "server_dir": server_dir,
+            "proxy_dir": proxy_dir}
+
+
+def require_nginx() -> None:
+    """Skip (or, with FERPIPE_REQUIRE_NGINX set, fail) when nginx is not installed."""
+    if nginx_binary() is None:
+        message = "nginx not found (apt-get install nginx)"
+        if os.environ.get("FERPIPE_REQUIRE_NGINX"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def add_user(team: dict, user: str, password: str, permission: str) -> str:
+    """docs/team.md's `user` block as the admin: `user` with `permission` (EDIT or READ)."""
+    return run_block("user", {**team["env"], "NEW_USER": user, "NEW_PASSWORD": password,
+                              "NEW_PERMISSION": permission}, team["tmp"])
+
+
+@contextmanager
+def secured_server(team: dict, server_block: str):
+    """docs/team.md's server with users behind its TLS proxy: the auth settings, the server,
+    the worker (EDIT) and the reader (READ), a self-signed certificate, the proxy's site with
+    the model's user, nginx. Yields the proxy's https URL and the server's own URL."""
+    require_nginx()
+    env = team["env"]
+    fresh_ports(env)
+    run_block("auth-config", env, team["server_dir"])
+    assert not any(secret in (team["server_dir"] / "basic_auth.ini").read_text()
+                   for secret in SECRETS)
+    port = int(env["SERVER_PORT"])
+    with server_on(["bash", "-euo", "pipefail", "-c", doc_blocks()[server_block]], port,
+                   "/health", team["server_dir"], env) as url:
+        assert "EDIT on experiment" in add_user(team, WORKER, WORKER_PASSWORD, "EDIT")
+        add_user(team, READER, READER_PASSWORD, "READ")
+        for block in ("certificate", "proxy", "model-user"):
+            run_block(block, env, team["proxy_dir"])
+        ACCESS.update(auth=("admin", ADMIN_PASSWORD), cafile=env["TLS_CERT"])
+        with nginx_on(Path(env["NGINX_SITE"]), team["proxy_dir"] / "nginx",
+                      int(env["PROXY_PORT"])):
+            yield f"https://localhost:{env['PROXY_PORT']}", url
 
 
 def fresh_ports(env: dict) -> None:
     """Free loopback ports for docs/team.md's tracking server and served model, picked just
     before a test starts them (a port picked minutes earlier may have been taken meanwhile)."""
-    env.update(SERVER_PORT=str(free_port()), SERVE_PORT=str(free_port()))
+    env.update(SERVER_PORT=str(free_port()), SERVE_PORT=str(free_port()),
+               PROXY_PORT=str(free_port()))
 
 
 def wait_for_queue(repo: Path, env: dict, timeout_s: float = 900) -> str:
@@ -154,18 +247,51 @@ def wait_for_queue(repo: Path, env: dict, timeout_s: float = 900) -> str:
     raise AssertionError(f"queue did not finish:\n{status}")
 
 
+def check_access(https: str, run_id: str) -> None:
+    """What each user gets through the proxy: 401 without credentials, with a wrong password and
+    with MLflow's former default admin password; the reader reads runs and metrics and gets 403
+    for every write; after the doc's `revoke`, nothing."""
+    assert api_status(https, "experiments/search", max_results=5) == 401
+    assert request(https, "/", cafile=ACCESS["cafile"])[0] == 401  # the UI's page
+    assert api_status(https, "experiments/search", auth=(WORKER, "wrong-password-123"),
+                      max_results=5) == 401
+    assert api_status(https, "experiments/search", auth=("admin", "password1234"),
+                      max_results=5) == 401
+    reader = (READER, READER_PASSWORD)
+    experiment = api(https, "experiments/get-by-name", auth=reader,
+                     experiment_name=EXPERIMENT)["experiment"]["experiment_id"]
+    runs = api(https, "runs/search", {"experiment_ids": [experiment]}, auth=reader)["runs"]
+    assert run_id in {r["info"]["run_id"] for r in runs}
+    history = api(https, "metrics/get-history", auth=reader, run_id=run_id,
+                  metric_key="epoch/val_accuracy")["metrics"]
+    assert history
+    writes = {
+        "create a run": ("runs/create", {"experiment_id": experiment}),
+        "log a metric": ("runs/log-metric", {"run_id": run_id, "key": "x", "value": 1.0,
+                                             "timestamp": 0, "step": 0}),
+        "delete a run": ("runs/delete", {"run_id": run_id}),
+        "move the alias": ("registered-models/alias", {"name": EXPERIMENT, "alias": "candidate",
+                                                       "version": "1"}),
+    }
+    refused = {what: api_status(https, endpoint, body, auth=reader)
+               for what, (endpoint, body) in writes.items()}
+    assert refused == dict.fromkeys(writes, 403), refused
+    print("REST API as", READER, refused)
+
+
 def check_team_flow(team: dict, server_block: str, serve: bool = True) -> None:
-    """docs/team.md from the server on: start it, point the clients at it, push to the remote,
-    run two queued experiments at once, check both runs through the REST API, serve the alias
-    (when `serve`)."""
+    """docs/team.md from the server on: start it with users behind the TLS proxy, point the
+    clients at the proxy as the worker, push to the remote, run two queued experiments at
+    once, check both runs and every user's access through the REST API, revoke the reader, serve
+    the alias behind the proxy's login (when `serve`), and search every output for a secret."""
     repo, env = team["repo"], team["env"]
-    fresh_ports(env)
-    port = int(env["SERVER_PORT"])
     artifacts = Path(env["ARTIFACTS"])
-    with server_on(["bash", "-euo", "pipefail", "-c", doc_blocks()[server_block]], port,
-                   "/health", team["server_dir"], env) as url:
+    with secured_server(team, server_block) as (https, _):
         client = block_env("client", env)
-        assert client["MLFLOW_TRACKING_URI"] == url
+        assert client["MLFLOW_TRACKING_URI"] == https
+        assert "MLFLOW_TRACKING_PASSWORD" not in client  # the credentials file has it
+        credentials = Path(env["HOME"]) / ".mlflow" / "credentials"
+        assert credentials.stat().st_mode & 0o077 == 0
         run_block("remote", client, repo)
         assert list(Path(env["DVC_REMOTE"]).rglob("*"))  # the prepared data went up
         # `dvc queue start` leaves a daemon: it gets no pipe (see test_faults), so the block
@@ -179,35 +305,40 @@ def check_team_flow(team: dict, server_block: str, serve: bool = True) -> None:
         finally:  # pass or fail, no queue worker outlives the test
             subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=client,
                            capture_output=True, timeout=120)
-        assert status.count("Success") == 2, status
+        logs = "".join(sh(["dvc", "queue", "logs", name], repo, client)
+                       for name in ("team-lr-1e-3", "team-lr-2e-3"))
+        assert status.count("Success") == 2, (status, logs[-3000:])
 
-        experiment = api(url, "experiments/get-by-name", experiment_name=EXPERIMENT)["experiment"]
+        experiment = api(https, "experiments/get-by-name",
+                         experiment_name=EXPERIMENT)["experiment"]
         assert experiment["artifact_location"].startswith("mlflow-artifacts:")
-        runs = api(url, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+        runs = api(https, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
         assert len(runs) == 2
         lrs = []
         for run in runs:
             info, data = run["info"], run["data"]
             params = {p["key"]: p["value"] for p in data["params"]}
             metrics = {m["key"]: m["value"] for m in data["metrics"]}
+            tags = {t["key"]: t["value"] for t in data["tags"]}
             lrs.append(params["train.lr"])
             assert info["status"] == "FINISHED"
             assert info["artifact_uri"].startswith("mlflow-artifacts:")
+            assert not any(secret in json.dumps([params, tags]) for secret in SECRETS)
             assert {"summary/test_accuracy", "summary/best_val_accuracy",
                     "summary/test_accuracy_ci_low", "summary/train_minutes"} <= set(metrics)
-            history = api(url, "metrics/get-history", run_id=info["run_id"],
+            history = api(https, "metrics/get-history", run_id=info["run_id"],
                           metric_key="epoch/val_accuracy")["metrics"]
             assert sorted(m["step"] for m in history) == [1, 2]
             listed = {}
             for folder in ("", "eval", "plots"):
-                files = api(url, "artifacts/list", run_id=info["run_id"], path=folder)
+                files = api(https, "artifacts/list", run_id=info["run_id"], path=folder)
                 listed.update({f["path"]: f for f in files.get("files", [])})
             assert {"history.csv", "eval/eval.json", "plots/accuracy.png",
                     "plots/confusion.png"} <= set(listed)
         assert sorted(lrs) == ["0.001", "0.002"]
         # the registry: both runs registered a version; the alias names one of them
         for name in (EXPERIMENT, f"{EXPERIMENT}-onnx"):
-            version = api(url, "registered-models/alias", name=name,
+            version = api(https, "registered-models/alias", name=name,
                           alias="candidate")["model_version"]
             assert version["run_id"] in {run["info"]["run_id"] for run in runs}
         # the artifacts went through the server: its destination holds them, the clients none
@@ -215,38 +346,52 @@ def check_team_flow(team: dict, server_block: str, serve: bool = True) -> None:
         assert {"eval.json", "accuracy.png", "history.csv", "MLmodel", "model.onnx"} <= stored
         assert len(list(artifacts.rglob("eval.json"))) == 2
         assert not (repo / "mlartifacts").exists() and not (repo / "mlflow.db").exists()
+        committed = (repo / "params.yaml").read_text() + (repo / "dvc.yaml").read_text() + \
+            "".join(p.read_text() for p in repo.rglob("dvc.lock"))
+        outputs = logs + (team["tmp"] / "queue.log").read_text()
+        for secret in SECRETS:
+            assert secret not in committed and secret not in outputs
+
+        check_access(https, runs[0]["info"]["run_id"])
+        run_block("revoke", {**env, "OLD_USER": READER}, team["tmp"])
+        assert api_status(https, "experiments/get-by-name", auth=(READER, READER_PASSWORD),
+                          experiment_name=EXPERIMENT) == 403
         if not serve:
             return
 
         buffer = io.BytesIO()
         Image.fromarray(skdata.astronaut()).save(buffer, format="PNG")
         photo = base64.b64encode(buffer.getvalue()).decode()
-        env["SERVE_PORT"] = client["SERVE_PORT"] = str(free_port())  # chosen just before use
-        serve_port = int(env["SERVE_PORT"])
+        body = {"inputs": {"image": [photo]}}
+        serve_port = int(env["SERVE_PORT"])  # the proxy's site points at it
         with server_on(["bash", "-euo", "pipefail", "-c", doc_blocks()["serve"]], serve_port,
-                       "/ping", repo, client) as served:
-            request = urllib.request.Request(
-                f"{served}/invocations", data=json.dumps({"inputs": {"image": [photo]}}).encode(),
-                headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=120) as response:
-                (face, *_) = json.loads(response.read())["predictions"]
+                       "/ping", repo, client):
+            assert request(https, "/model/invocations", body, cafile=ACCESS["cafile"])[0] == 401
+            status, answer = request(https, "/model/invocations", body,
+                                     (MODEL_USER, MODEL_PASSWORD), ACCESS["cafile"])
+            assert status == 200, answer[:500]
+            (face, *_) = json.loads(answer)["predictions"]
         assert face["image"] == 0 and face["whole_image"] is False
         assert sum(face["probabilities"].values()) == pytest.approx(1, abs=1e-5)
 
 
 def test_the_doc_has_every_block_the_tests_run():
-    assert set(doc_blocks()) == {"install", "database", "server", "server-sqlite", "client",
-                                 "remote", "experiments", "serve"}
+    assert set(doc_blocks()) == {"install", "database", "auth-config", "server", "server-sqlite",
+                                 "user", "revoke", "certificate", "proxy", "model-user",
+                                 "client", "remote", "experiments", "serve"}
     # the install block is CI's: .ci/run installs the same extra
     assert '-e ".[server]"' in doc_blocks()["install"]
     assert '".[server]"' in (ROOT / ".ci" / "run").read_text()
-    import psycopg  # noqa: F401  (the server extra is installed where the tests run)
+    import flask_wtf  # noqa: F401  (MLflow's auth app: the server extra is installed here)
+    import psycopg  # noqa: F401
 
 
 def test_team_setup_on_postgresql(team):
     with postgres_server() as superuser:
         run_block("database", {**team["env"], **superuser}, team["tmp"])
-        team["env"].update(DB_HOST="127.0.0.1", DB_PORT=superuser["PGPORT"])
+        team["env"].update(DB_HOST="127.0.0.1", DB_PORT=superuser["PGPORT"],
+                           AUTH_DB=f"postgresql://mlflow@127.0.0.1:{superuser['PGPORT']}"
+                                   f"/mlflow_auth")
         check_team_flow(team, "server")
 
 
@@ -270,7 +415,7 @@ def test_train_stops_in_one_line_when_the_server_is_down(team):
         f"answer ([Errno 111] Connection refused); start it, or unset MLFLOW_TRACKING_URI to "
         f"use the local mlflow.db")
     assert "epoch" not in proc.stdout
-    assert not (repo / "models").exists()
+    assert sorted(p.name for p in (repo / "models").iterdir()) == ["teachers"]  # nothing written
 
 
 def test_wrong_database_password_is_one_line_without_the_password(team):
@@ -302,7 +447,9 @@ def test_server_gone_mid_run_keeps_the_outputs_and_logs_them_after(team):
     params["model"]["arch"] = "resnet18"  # epochs of seconds: the kill lands mid-run
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     port = int(env["SERVER_PORT"])
-    client = {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+    run_block("auth-config", env, team["server_dir"])
+    client = {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
+              "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
     args = ["bash", "-euo", "pipefail", "-c", doc_blocks()["server-sqlite"]]
     server = subprocess.Popen(args, cwd=team["server_dir"], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -355,6 +502,7 @@ def test_server_gone_mid_run_keeps_the_outputs_and_logs_them_after(team):
     assert len((repo / "metrics/history.csv").read_text().splitlines()) == 1 + 5
     assert (repo / "models/model.pt").is_file() and (repo / "models/resume.pt").is_file()
 
+    ACCESS.update(auth=("admin", ADMIN_PASSWORD), cafile=None)
     with server_on(args, port, "/health", team["server_dir"], env) as url:
         out = sh(["dvc", "repro", "train"], repo, client)
         assert "resuming after epoch 5/5" in out and "epoch 1/5" not in out
@@ -369,3 +517,78 @@ def test_server_gone_mid_run_keeps_the_outputs_and_logs_them_after(team):
         files = {f["path"] for f in api(url, "artifacts/list", run_id=run_id).get("files", [])}
         assert "history.csv" in files
     assert not (repo / "models/resume.pt").exists()
+
+
+def set_model_permission(team: dict, url: str, user: str, permission: str) -> None:
+    """As the admin, give `user` `permission` on the pipeline's two registered models."""
+    code = ("import os\nfrom mlflow.server import get_app_client\n"
+            "auth = get_app_client('basic-auth', tracking_uri=os.environ['MLFLOW_TRACKING_URI'])\n"
+            f"for name in ('{EXPERIMENT}', '{EXPERIMENT}-onnx'):\n"
+            f"    auth.revoke_user_permission('{user}', 'registered_model', name)\n"
+            f"    auth.grant_user_permission('{user}', 'registered_model', name, '{permission}')\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120,
+                   env={**team["env"], "MLFLOW_TRACKING_URI": url,
+                        "MLFLOW_TRACKING_USERNAME": "admin",
+                        "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD})
+
+
+def test_refusals_are_one_line_each_naming_the_user_never_the_password(team):
+    """Through the TLS proxy: a wrong password (401) and a READ user (403) stop the train stage
+    before any training; a client that does not trust the certificate is told which variable
+    sets it; a user with EDIT on the experiment but READ on the registered model trains, and the
+    evaluate stage's registration is refused in one line."""
+    repo = team["repo"]
+    with secured_server(team, "server-sqlite") as (https, url):
+        client = block_env("client", team["env"])  # the worker's credentials file
+        store = f"error: MLFLOW_TRACKING_URI={https}: "
+        lines = {}
+
+        def last_line(env: dict, args: list[str] | None = None) -> str:
+            proc = subprocess.run(args or [sys.executable, "-m", "stages.train"], cwd=repo,
+                                  env=env, capture_output=True, text=True, timeout=600)
+            assert proc.returncode != 0, proc.stdout[-2000:]
+            for secret in SECRETS:
+                assert secret not in proc.stdout + proc.stderr
+            # the stage's own line (under `dvc repro`, DVC's "ERROR: failed to reproduce" follows)
+            return [line for line in proc.stderr.splitlines() if line.startswith("error: ")][-1]
+
+        wrong = {**client, "MLFLOW_TRACKING_USERNAME": WORKER,
+                 "MLFLOW_TRACKING_PASSWORD": "wrong-password-123"}
+        lines["401"] = last_line(wrong)
+        assert lines["401"] == (
+            f"{store}the server does not accept the credentials of MLFLOW_TRACKING_USERNAME="
+            f"{WORKER} (401 on /api/2.0/mlflow/experiments/search); check "
+            f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or ~/.mlflow/credentials")
+
+        reader = {**client, "MLFLOW_TRACKING_USERNAME": READER,
+                  "MLFLOW_TRACKING_PASSWORD": READER_PASSWORD}
+        lines["403"] = last_line(reader)
+        assert re.fullmatch(
+            re.escape(f"{store}cannot start the run: MLFLOW_TRACKING_USERNAME={READER} may not do "
+                      f"this: it needs EDIT on experiment {EXPERIMENT} (403 on ")
+            + r"/api/2\.0/mlflow/\S+" + re.escape("); ask an admin; nothing was trained"),
+            lines["403"]), lines["403"]
+        assert not (repo / "models" / "model.pt").exists()
+
+        untrusting = {k: v for k, v in client.items() if k != "MLFLOW_TRACKING_SERVER_CERT_PATH"}
+        lines["certificate"] = last_line(untrusting)
+        assert lines["certificate"].startswith(
+            f"{store}its TLS certificate is not trusted here: [SSL: CERTIFICATE_VERIFY_FAILED] "
+            f"certificate verify failed")
+        assert lines["certificate"].endswith(
+            "; set MLFLOW_TRACKING_SERVER_CERT_PATH to the server's certificate or its CA's")
+
+        add_user(team, "trainer1", "trainer-secret-0831", "EDIT")
+        set_model_permission(team, url, "trainer1", "READ")
+        trainer = {**client, "MLFLOW_TRACKING_USERNAME": "trainer1",
+                   "MLFLOW_TRACKING_PASSWORD": "trainer-secret-0831"}
+        lines["registry"] = last_line(trainer, ["dvc", "repro", "evaluate"])
+        assert re.fullmatch(
+            re.escape(f"{store}the evaluation was not logged into the run: "
+                      f"MLFLOW_TRACKING_USERNAME=trainer1 may not do this: it needs EDIT on "
+                      f"registered model {EXPERIMENT} (403 on ")
+            + r"/api/2\.0/mlflow/(registered-models|model-versions)/\S+"
+            + re.escape("); ask an admin; the outputs are written; run `dvc repro evaluate` "
+                        "again to log them"), lines["registry"]), lines["registry"]
+        assert (repo / "models" / "model.pt").is_file()  # it trained: only the registry refused
+    print("\n".join(f"{k}: {v}" for k, v in lines.items()))

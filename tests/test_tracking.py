@@ -86,3 +86,46 @@ def test_epoch_log_tries_a_failing_server_twice_and_goes_on(monkeypatch, capsys)
     assert len(warnings) == 1 and "per-epoch metrics not logged from epoch 3 on" in warnings[0]
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
     assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+
+
+def test_an_authenticating_servers_refusals_name_the_user_and_permission_never_the_password(
+        monkeypatch, tmp_path):
+    """How `store_errors` words MLflow's client errors for 401 and 403 (the messages as MLflow's
+    REST client raises them); the full lines against a real server: tests/test_team.py."""
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.mlflow/credentials
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader1")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "reader-secret-0457")
+
+    def raised(endpoint: str, code: int) -> MlflowException:
+        return MlflowException(f"API request to endpoint {endpoint} failed with error code "
+                               f"{code} != 200. Response body: 'Permission denied'")
+
+    phrase = store.refusal(raised("/api/2.0/mlflow/model-versions/create", 403),
+                           "fer2013-resnet18", "fer-model")
+    assert phrase == ("MLFLOW_TRACKING_USERNAME=reader1 may not do this: it needs EDIT on "
+                      "registered model fer-model (403 on /api/2.0/mlflow/model-versions/create); "
+                      "ask an admin")
+    phrase = store.refusal(raised("/api/2.0/mlflow/runs/create", 403), "fer2013-resnet18")
+    assert "it needs EDIT on experiment fer2013-resnet18 (403 on /api/2.0/mlflow/runs/create)" \
+        in phrase
+    phrase = store.refusal(raised("/api/2.0/mlflow/runs/create", 401))
+    assert phrase.startswith("the server does not accept the credentials of "
+                             "MLFLOW_TRACKING_USERNAME=reader1 (401 on /api/2.0/mlflow/runs/create)")
+    assert store.refusal(raised("/api/2.0/mlflow/runs/create", 500)) is None
+    assert store.refusal(OSError("disk full")) is None
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    assert "MLFLOW_TRACKING_USERNAME (not set)" in store.refusal(
+        raised("/api/2.0/mlflow/runs/create", 401))
+    # Inside store_errors: one TrackingError line with the store, the action and the phrase.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        with store.store_errors("cannot start the run", "nothing was trained", "fer"):
+            raise raised("/api/2.0/mlflow/experiments/set-experiment-tag", 403)
+    except Exception as err:  # noqa: BLE001 (the line is what is checked)
+        line = str(err)
+    assert line.endswith("cannot start the run: MLFLOW_TRACKING_USERNAME (not set) may not do "
+                         "this: it needs EDIT on experiment fer (403 on /api/2.0/mlflow/"
+                         "experiments/set-experiment-tag); ask an admin; nothing was trained")
+    assert "reader-secret-0457" not in line

@@ -24,8 +24,6 @@ import contextlib
 import json
 import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,13 +99,16 @@ def store_exceptions() -> tuple[type[BaseException], ...]:
 
 
 @contextmanager
-def store_errors(action: str, consequence: str) -> Iterator[None]:
+def store_errors(action: str, consequence: str, experiment: str | None = None,
+                 registered_model: str | None = None) -> Iterator[None]:
     """Report a failure of the tracking store inside the block as one line:
     `<store_name()>: <action>: <reason>; <consequence>` (a TrackingError, password masked).
 
     Args:
         action: what could not be done, e.g. "cannot start the run".
         consequence: what was kept and what to do, e.g. "nothing was trained".
+        experiment, registered_model: what the block acts on; an authenticating server's 401
+            or 403 names the user and the permission it lacks (`refusal`).
 
     A tracking server is probed (`/health`, HEALTH_TIMEOUT_S) before the block runs: MLflow's
     client retries a refused connection for minutes before it gives up.
@@ -125,7 +126,8 @@ def store_errors(action: str, consequence: str) -> Iterator[None]:
         yield
     except store_exceptions() as err:
         quick_exit_hook()
-        raise TrackingError(f"{store_name()}: {action}: {failure_reason(err)}; {consequence}") from None
+        reason = refusal(err, experiment, registered_model) or failure_reason(err)
+        raise TrackingError(f"{store_name()}: {action}: {reason}; {consequence}") from None
 
 
 def quick_exit_hook() -> None:
@@ -169,18 +171,123 @@ HEALTH_TIMEOUT_S = 10
 
 def server_unreachable(timeout_s: float) -> str | None:
     """Why the tracking server does not answer `/health` (None: it answers, or the store is
-    not a server)."""
+    not a server). The server's certificate is checked as MLflow's client checks it
+    (`MLFLOW_TRACKING_SERVER_CERT_PATH`, `MLFLOW_TRACKING_INSECURE_TLS`)."""
+    import requests
+
     uri = tracking_uri()
     if not is_server(uri):
         return None
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
-            response.read()
-    except urllib.error.HTTPError as err:
-        return f"it answered {err.code} {err.reason} at /health"
-    except (urllib.error.URLError, OSError) as err:
-        return str(getattr(err, "reason", err))
+        response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s,
+                                verify=_tls_verify())
+    except requests.exceptions.SSLError as err:
+        why = _first_line(err)
+        if "CERTIFICATE_VERIFY_FAILED" not in why:
+            return f"the TLS handshake failed: {why}"
+        return f"its TLS certificate is not trusted here: {why}; set {CERT_VARIABLE} to the " \
+               f"server's certificate or its CA's"
+    except (requests.exceptions.RequestException, OSError) as err:
+        return _first_line(err)
+    if response.status_code != 200:
+        return f"it answered {response.status_code} {response.reason} at /health"
     return None
+
+
+#: How `server_unreachable`'s reasons about TLS begin (a server that answers, but not securely).
+_TLS_REASONS = ("its TLS certificate", "the TLS handshake")
+
+#: The variable that names the certificate (or CA bundle) a client trusts for the server.
+CERT_VARIABLE = "MLFLOW_TRACKING_SERVER_CERT_PATH"
+
+
+def _tls_verify() -> bool | str:
+    """`requests`' `verify` as MLflow's client sets it: the certificate file in
+    MLFLOW_TRACKING_SERVER_CERT_PATH, False under MLFLOW_TRACKING_INSECURE_TLS, else the
+    system's trust store."""
+    from mlflow.environment_variables import MLFLOW_TRACKING_INSECURE_TLS
+
+    if MLFLOW_TRACKING_INSECURE_TLS.get():
+        return False
+    return os.environ.get(CERT_VARIABLE) or True
+
+
+def _first_line(err: BaseException) -> str:
+    """The innermost reason of a requests error, one line, password masked: the system's
+    (`[Errno 111] Connection refused`) or the TLS library's (`[SSL: CERTIFICATE_VERIFY_FAILED]
+    ...`) words when the message holds them."""
+    line = redact(" ".join(str(err).split()))
+    for pattern in (r"\[Errno -?\d+\][^'\")]*", r"\[SSL: [^\]]+\][^'\")]*"):
+        match = re.search(pattern, line)
+        if match:
+            return re.sub(r"\s*\(_ssl\.c:\d+$", "", match.group(0).strip())
+    return line if len(line) <= 200 else line[:195] + " ..."
+
+
+def username() -> str:
+    """The MLflow user a client sends (MLFLOW_TRACKING_USERNAME, or the credentials file
+    ~/.mlflow/credentials): `MLFLOW_TRACKING_USERNAME=<name>`, or a note that none is set."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    name = read_mlflow_creds().username
+    return f"MLFLOW_TRACKING_USERNAME={name}" if name else "MLFLOW_TRACKING_USERNAME (not set)"
+
+
+def _unauthorized(endpoint: str) -> str:
+    return (f"the server does not accept the credentials of {username()} (401 on {endpoint}); "
+            f"check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or "
+            f"~/.mlflow/credentials")
+
+
+def server_refuses(timeout_s: float) -> str | None:
+    """Why an authenticating tracking server refuses this client's credentials (a 401 on one
+    read of the REST API, `experiments/search`); None: it accepts them, needs none, or the
+    store is not a server."""
+    import requests
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    uri = tracking_uri()
+    if not is_server(uri):
+        return None
+    creds = read_mlflow_creds()
+    endpoint = "/api/2.0/mlflow/experiments/search"
+    try:
+        response = requests.get(uri.rstrip("/") + endpoint, params={"max_results": 1},
+                                auth=(creds.username, creds.password or "")
+                                if creds.username else None,
+                                timeout=timeout_s, verify=_tls_verify())
+    except (requests.exceptions.RequestException, OSError):
+        return None  # the health check passed: MLflow's own calls report what follows
+    return _unauthorized(endpoint) if response.status_code == 401 else None
+
+
+def refusal(err: BaseException, experiment: str | None = None,
+            registered_model: str | None = None) -> str | None:
+    """What an authenticating tracking server (`mlflow server --app-name basic-auth`) refused,
+    as one phrase naming the user and the permission it lacks; None when `err` is not a 401 or
+    403 from the server. The password is never part of it.
+
+    Args:
+        err: an exception raised through MLflow's client (its message carries the endpoint and
+            the status code: `API request to endpoint /api/2.0/mlflow/runs/create failed with
+            error code 403 != 200`).
+        experiment, registered_model: the names the refused calls act on, for the phrase.
+    """
+    text = str(getattr(err, "message", None) or err)
+    code = getattr(err, "get_http_status_code", lambda: None)()
+    found = re.search(r"endpoint (\S+) failed with error code (\d{3})", text)
+    if found:
+        code = int(found.group(2))
+    if code not in (401, 403):
+        return None
+    endpoint = found.group(1) if found else "the server"
+    if code == 401:
+        return _unauthorized(endpoint)
+    if re.search(r"registered-models|model-versions", endpoint):
+        needed = f"EDIT on registered model {registered_model or '(the registry name)'}"
+    else:
+        needed = f"EDIT on experiment {experiment or '(the experiment)'}"
+    return f"{username()} may not do this: it needs {needed} (403 on {endpoint}); ask an admin"
 
 
 def _database_refuses(timeout_s: float) -> str | None:
@@ -213,17 +320,25 @@ def check_store(timeout_s: float = HEALTH_TIMEOUT_S) -> None:
     `<uri>/health` (the endpoint `mlflow server` serves) within `timeout_s` seconds. MLflow's
     own client would retry a refused connection for minutes first. A database URI
     (postgresql://user:password@host/db) is tried once, with a connection timeout of
-    `timeout_s`. A SQLite file is checked by opening it (`setup`).
+    `timeout_s`. A SQLite file is checked by opening it (`setup`). A server that authenticates
+    (`mlflow server --app-name basic-auth`) is asked once with the client's credentials.
 
     Raises:
         TrackingError: no answer, or an HTTP error status, from the server's health endpoint;
+            a certificate the client does not trust (naming MLFLOW_TRACKING_SERVER_CERT_PATH);
+            credentials the server refuses (401, naming MLFLOW_TRACKING_USERNAME);
             a database that refuses the connection (the password masked in the line).
     """
     why = server_unreachable(timeout_s)
+    if why is not None and why.startswith(_TLS_REASONS):
+        raise TrackingError(f"{store_name()}: {why}")
     if why is not None:
         raise TrackingError(f"{store_name()}: the tracking server does not answer ({why}); "
                             f"start it, or unset MLFLOW_TRACKING_URI to use the local "
                             f"mlflow.db")
+    why = server_refuses(timeout_s)
+    if why is not None:
+        raise TrackingError(f"{store_name()}: {why}")
     why = _database_refuses(timeout_s)
     if why is not None:
         raise TrackingError(f"{store_name()}: the database refuses the connection ({why}); "
