@@ -80,6 +80,11 @@ def failure_reason(err: BaseException) -> str:
     text = str(text or inner or type(inner).__name__).strip().splitlines()
     line = redact(text[0] if text else type(inner).__name__)
     line = re.sub(r"^\((?:sqlite3|psycopg2?)\.[\w.]+\)\s*", "", line)  # SQLAlchemy's prefix
+    return _clip(line)
+
+
+def _clip(line: str) -> str:
+    """At most 200 characters of one line."""
     return line if len(line) <= 200 else line[:195] + " ..."
 
 
@@ -221,7 +226,7 @@ def _first_line(err: BaseException) -> str:
         match = re.search(pattern, line)
         if match:
             return re.sub(r"\s*\(_ssl\.c:\d+$", "", match.group(0).strip())
-    return line if len(line) <= 200 else line[:195] + " ..."
+    return _clip(line)
 
 
 def username() -> str:
