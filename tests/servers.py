@@ -22,6 +22,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a process started with `start_new_session=True` and its children: SIGTERM to its
+    group, SIGKILL after 30 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @contextmanager
 def server_on(args: list[str], port: int, ready_path: str, cwd, env,
               timeout_s: float = 240) -> Iterator[str]:
@@ -52,12 +63,7 @@ def server_on(args: list[str], port: int, ready_path: str, cwd, env,
             time.sleep(1)
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)
         log.close()
 
 
@@ -106,10 +112,5 @@ def nginx_on(site: Path, folder: Path, port: int, timeout_s: float = 60) -> Iter
             time.sleep(0.2)
         yield
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         log.close()
