@@ -4,14 +4,18 @@ registry, with its ONNX export beside it.
 
 Writes metrics/summary.json (the headline figures: the DVC metrics file), metrics/eval.json (the
 detail: test metrics per class, without TTA, 95% bootstrap confidence intervals of test accuracy
-and macro-F1, and a val table of every TTA mode and logit adjustment to choose evaluate.tta and
-evaluate.logit_adjustment on), the confusion pairs and the classification report.
+and macro-F1, a val table of every TTA mode and logit adjustment to choose evaluate.tta and
+evaluate.logit_adjustment on, and the calibration: the temperature fitted on val and the ECE
+before and after it), the confusion pairs and the classification report. The temperature goes
+with the registered serving model and ONNX file, and `ferpipe-predict` reads it from eval.json
+for the checkpoint it was fitted for.
 
 The photo is scikit-image's public-domain NASA portrait (`skimage.data.astronaut()`), put through
 the predict command's face detection and drawn with its prediction to metrics/astronaut.png."""
 
 import csv
 from dataclasses import replace
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -21,11 +25,12 @@ from skimage import data as skdata
 
 from ferpipe.core import store, tracking
 from ferpipe.core.errors import run_main
-from ferpipe.core.files import read_json, write_json
+from ferpipe.core.files import read_json, sha256_of, write_json
 from ferpipe.core.handoffs import check_data_counts, check_train_summary
 from ferpipe.core.outputs import stage_outputs
 from ferpipe.core.params import TTA_MODES, Evaluate, load_params, stage_args
 from ferpipe.data.splits import load_split
+from ferpipe.evaluate.calibration import calibration_report
 from ferpipe.evaluate.metrics import (
     classification_metrics,
     confidence_intervals,
@@ -170,17 +175,25 @@ def main() -> None:
     plain = scorer.log_probs(test, "none")
     scores = plain if cfg.tta == "none" else scorer.log_probs(test, cfg.tta)
     no_tta, metrics = (scorer.score(s, test, cfg.logit_adjustment) for s in (plain, scores))
-    pred = adjust_logits(scores, counts, cfg.logit_adjustment).argmax(1).numpy()
+    adjusted = adjust_logits(scores, counts, cfg.logit_adjustment)
+    pred = adjusted.argmax(1).numpy()
     interval = confidence_intervals(test["labels"], pred, len(names))
+    # Temperature scaling on val after the same TTA and adjustment (Guo et al. 2017)
+    val_scores = adjust_logits(scorer.log_probs(val, cfg.tta), counts, cfg.logit_adjustment)
+    calibration = {**calibration_report(val_scores.numpy(), val["labels"], adjusted.numpy(),
+                                        test["labels"]),
+                   "model_sha256": sha256_of(Path(cfg.model))}
     evaluation = {"tta": cfg.tta, "logit_adjustment": cfg.logit_adjustment, "test": metrics,
                   "test_interval": interval,
                   "test_no_tta": {k: no_tta[k] for k in (*REPORTED, "top2_accuracy", "loss")},
                   "val_settings": val_settings, "val_choice": chosen,
-                  "val_choice_rule": {k: rule[k] for k in ("candidate", "plain", "gain_interval")}}
+                  "val_choice_rule": {k: rule[k] for k in ("candidate", "plain", "gain_interval")},
+                  "calibration": calibration}
     if (chosen["tta"], chosen["logit_adjustment"]) != (cfg.tta, cfg.logit_adjustment):
         print(f"note: val favours evaluate.tta {chosen['tta']}, evaluate.logit_adjustment "
               f"{chosen['logit_adjustment']} (metrics/eval.json val_settings)")
-    summary = headline(metrics, no_tta, trained, counts_file)
+    summary = {**headline(metrics, no_tta, trained, counts_file),
+               "test_ece": calibration["test_ece_calibrated"]}
     report = report_text(test["labels"], pred, names)
     print(report)
     print(f"test accuracy {metrics['accuracy']:.4f} with TTA {cfg.tta}, "
@@ -188,11 +201,15 @@ def main() -> None:
     print(f"95% bootstrap intervals over the test images: accuracy "
           f"{interval['accuracy'][0]:.4f}-{interval['accuracy'][1]:.4f}, macro-F1 "
           f"{interval['macro_f1'][0]:.4f}-{interval['macro_f1'][1]:.4f}")
+    print(f"calibration: temperature {calibration['temperature']:.3f} (fitted on val); test "
+          f"ECE {calibration['test_ece']:.4f} before, {calibration['test_ece_calibrated']:.4f} "
+          f"after")
 
     photo = skdata.astronaut()
     model.cpu()  # the predict command's path, as a user runs it
     faces = Predictor(classifier, tta=cfg.tta, tta_crop=cfg.tta_crop,
-                      logit_adjustment=cfg.logit_adjustment).predict_image(
+                      logit_adjustment=cfg.logit_adjustment,
+                      temperature=calibration["temperature"]).predict_image(
         np.asarray(Image.fromarray(photo).convert("L")), "astronaut")
     print("astronaut: " + ", ".join(f"{f.expression} {f.probability:.2f}" for f in faces))
     with stage_outputs() as outs:
@@ -229,17 +246,19 @@ def main() -> None:
 
             example = serving.generated_example(classifier.image_size)
             uri = serving.log_serving_model(cfg.model, example, tta=cfg.tta,
-                                            logit_adjustment=cfg.logit_adjustment)
+                                            logit_adjustment=cfg.logit_adjustment,
+                                            temperature=calibration["temperature"])
             version = serving.register(uri, cfg.registry_name, cfg.registry_alias, {
                 "test_accuracy": f"{metrics['accuracy']:.4f}", "tta": cfg.tta,
                 "logit_adjustment": f"{cfg.logit_adjustment:g}",
                 "test_accuracy_no_tta": f"{no_tta['accuracy']:.4f}",
+                "temperature": f"{calibration['temperature']:.4f}",
                 "run_id": run.info.run_id})
             print(f"registered models:/{cfg.registry_name}@{cfg.registry_alias} "
                   f"(version {version})")
         # ONNX beside it, checked against PyTorch's logits, registered as <name>-onnx
         export.log_onnx_model(cfg.model, cfg.registry_name if cfg.registry else None,
-                              cfg.registry_alias)
+                              cfg.registry_alias, calibration["temperature"])
         print(f"MLflow: run `mlflow ui` here, then open "
               f"{store.ui_url(run.info.experiment_id)}")
 

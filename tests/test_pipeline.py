@@ -16,7 +16,8 @@ from PIL import Image
 from skimage import data as skdata
 
 from ferpipe.core import store
-from ferpipe.predict.faces import crop_face
+from ferpipe.model.inference import Classifier
+from ferpipe.predict.predictor import Predictor
 from tests.browser import render
 from tests.fakedata import face_like, learnable_face, make_image_folders, make_zip
 from tests.fakerepo import in_terminal, make_repo, read_csv, sh, store_runs
@@ -358,7 +359,10 @@ def test_served_model_answers_like_the_predict_command(repo, tmp_path):
     assert predicted["whole_image"] is True  # a 48 x 48 crop: classified whole
     assert on_photo["whole_image"] is False
     gray = np.asarray(Image.open(tmp_path / "astronaut.png").convert("L"))
-    face = crop_face(gray, tuple(on_photo["box"]), 0.1, 48)  # the CLI's default margin
+    # the predict command's crop: its default detector, alignment and margin
+    faces, crops, whole = Predictor(Classifier.from_checkpoint(r / "models/model.pt")).crops(gray)
+    assert list(faces[0].box) == on_photo["box"] and not whole
+    face = crops[0]
 
     port = free_port()
     with server_on(["mlflow", "models", "serve", "-m", REGISTERED, "--env-manager", "local",

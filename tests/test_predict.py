@@ -21,7 +21,8 @@ from ferpipe.data.splits import CLASS_NAMES
 from ferpipe.model.device import StepContext
 from ferpipe.model.inference import Classifier, predict_log_proba, probabilities, tta_views
 from ferpipe.predict.cli import main
-from ferpipe.predict.faces import FaceDetector, crop_face
+from ferpipe.predict.faces import crop_face
+from ferpipe.predict.haar import HaarDetector
 from ferpipe.predict.predictor import Predictor
 from tests.fakedata import TRAIN_COUNTS, face_like, help_blocks, random_checkpoint
 
@@ -100,13 +101,14 @@ def test_crop_face_takes_a_square_with_margin_and_pads_at_the_border():
 
 def test_the_haar_cascade_finds_the_astronauts_face():
     gray = np.asarray(Image.fromarray(skdata.astronaut()).convert("L"))
-    boxes = FaceDetector().detect(gray)
+    boxes = [face.box for face in HaarDetector().detect(gray)]
     assert len(boxes) == 1
     x, y, w, h = boxes[0]
     assert abs(x - ASTRONAUT_FACE[0]) <= 8 and abs(y - ASTRONAUT_FACE[1]) <= 8
     assert abs(w - ASTRONAUT_FACE[2]) <= 12 and w == h
     big = np.asarray(Image.fromarray(gray).resize((1280, 1280)))  # searched downscaled to 640
-    (bx, by, bw, _), = FaceDetector().detect(big)  # boxes in the 1280-pixel image: 2.5 x
+    # boxes in the 1280-pixel image: 2.5 x
+    (bx, by, bw, _), = [face.box for face in HaarDetector().detect(big)]
     assert abs(bx - 2.5 * x) <= 20 and abs(by - 2.5 * y) <= 20 and abs(bw - 2.5 * w) <= 30
 
 
@@ -378,10 +380,12 @@ def test_video_csv_has_one_row_per_frame_with_its_time(checkpoint, video, capsys
     out = capsys.readouterr()
     rows = list(csv.DictReader(out.out.splitlines()))
     assert list(rows[0]) == ["file", "frame", "time_s", "face", "x", "y", "w", "h", "expression",
-                             "probability", *CLASS_NAMES]
+                             "probability", *CLASS_NAMES, "track", "smoothed_expression",
+                             "smoothed_probability"]
     assert [int(r["frame"]) for r in rows] == list(range(12))  # one face per frame
     assert [float(r["time_s"]) for r in rows] == pytest.approx([i / FPS for i in range(12)])
     assert {r["face"] for r in rows} == {"0"} and {r["file"] for r in rows} == {str(video)}
+    assert {r["track"] for r in rows} == {"0"}  # the moving face is followed as one
     xs = [int(r["x"]) for r in rows]  # the face moves right by 2 x 320/512 pixels a frame
     assert xs[-1] - xs[0] == pytest.approx(11 * 2, abs=6)
     first = rows[0]
@@ -404,7 +408,8 @@ def test_video_every_n_frames_json_and_annotated_video(checkpoint, video, tmp_pa
     assert [r["frame"] for r in rows] == [0, 3, 6, 9]
     assert [r["time_s"] for r in rows] == pytest.approx([0.0, 0.3, 0.6, 0.9])
     assert set(rows[0]) == {"file", "frame", "time_s", "face", "box", "expression",
-                            "probability", "probabilities"}
+                            "probability", "probabilities", "track", "smoothed_expression",
+                            "smoothed_probability", "smoothed_probabilities"}
     assert [p.name for p in annotated.iterdir()] == ["astronaut.annotated.mp4"]
     drawn, original = read_frames(annotated / "astronaut.annotated.mp4"), read_frames(video)
     assert len(drawn) == 12 and drawn[0].shape == original[0].shape
@@ -437,14 +442,17 @@ def test_frames_without_a_face_still_get_a_row(checkpoint, tmp_path, capsys):
         assert row["file"] == str(path)
         rest = {k: v for k, v in row.items() if k not in ("file", "frame", "time_s")}
         assert rest == dict.fromkeys(["face", "x", "y", "w", "h", "expression", "probability",
-                                      *CLASS_NAMES], "")
+                                      *CLASS_NAMES, "track", "smoothed_expression",
+                                      "smoothed_probability"], "")
     assert all(r["face"] == "0" and r["expression"] in CLASS_NAMES for r in rows[3:])
 
     assert main([str(path), "--model", str(checkpoint), "--every", "2", "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["frame"] for r in lines] == [0, 2, 4]
     assert lines[0] == {"file": str(path), "frame": 0, "time_s": 0.0, "face": None, "box": None,
-                        "expression": None, "probability": None, "probabilities": None}
+                        "expression": None, "probability": None, "probabilities": None,
+                        "track": None, "smoothed_expression": None, "smoothed_probability": None,
+                        "smoothed_probabilities": None}
     assert lines[2]["face"] == 0 and set(lines[2]["probabilities"]) == set(CLASS_NAMES)
 
 
@@ -537,7 +545,8 @@ def test_help_shows_every_options_default():
     blocks = help_blocks("ferpipe.predict.cli")
     assert {"--webcam INDEX", "--every N", "--max-frames N", "--model MODEL"} <= set(blocks)
     assert [name for name, text in blocks.items() if "default" not in text] == []
-    assert "(default: 0.1)" in blocks["--margin MARGIN"]
+    assert "(default None: the detector's" in blocks["--margin MARGIN"]
+    assert "haar 0.1" in blocks["--margin MARGIN"]
     assert "(default: 1)" in blocks["--every N"]
 
 
@@ -574,7 +583,7 @@ def test_photos_of_extreme_aspect_ratio_get_a_row_and_the_others_go_on(checkpoin
 
 
 def test_the_detector_finds_no_face_in_an_image_thinner_than_its_window():
-    detector = FaceDetector()
+    detector = HaarDetector()
     for shape in ((1, 5000), (5000, 1), (23, 4000), (3, 700)):
         assert detector.detect(np.full(shape, 128, np.uint8)) == []
 
@@ -600,15 +609,15 @@ def test_group_photos_have_every_face_found(faces, side):
     """Faces of 5-7% of the photo's side, below the portrait pass's 15%: the small-face pass
     finds each (they used to be one whole_image answer)."""
     photo = group_photo(faces, side)
-    detector = FaceDetector()
+    detector = HaarDetector()
     assert detector._search(photo, detector.max_side, lambda s: max(20, int(0.15 * s))) == []
-    boxes = detector.detect(photo)
+    boxes = [face.box for face in detector.detect(photo)]
     assert len(boxes) == faces
     step = side // int(round(faces ** 0.5))
     cells = {(y // step, x // step) for x, y, w, h in boxes}
     assert len(cells) == faces  # one in each cell: no duplicates, none missed
     assert all(90 <= w <= 130 for _, _, w, _ in boxes)  # in the photo's pixels
-    assert FaceDetector(small_side=None).detect(photo) == []  # the portrait pass alone
+    assert HaarDetector(small_side=None).detect(photo) == []  # the portrait pass alone
 
 
 def test_predict_labels_each_face_of_a_group_photo(checkpoint, tmp_path, capsys):
@@ -694,19 +703,19 @@ def test_small_faces_finds_what_the_portrait_pass_misses_down_to_its_window(chec
     photo = twice(half)  # the face: 99 pixels, centred at (500, 420)
     path = tmp_path / "one_small_face.png"
     Image.fromarray(photo).save(path)
-    assert FaceDetector(small_side=None).detect(photo) == []  # the portrait pass alone
+    assert HaarDetector(small_side=None).detect(photo) == []  # the portrait pass alone
 
-    (full,) = faces_found(path, checkpoint, capsys)
+    (full,) = faces_found(path, checkpoint, capsys, "--detector", "haar")
     assert full["whole_image"] is False
     assert np.hypot(*np.subtract(centre(full["box"]), (500, 420))) < 5
-    assert full["box"] == list(FaceDetector(small_side=0).detect(photo)[0])  # 1000 < 1600: as is
+    assert full["box"] == list(HaarDetector(small_side=0).detect(photo)[0].box)  # 1000 < 1600: as is
 
-    (halved,) = faces_found(path, checkpoint, capsys, "--small-faces", "500")
-    at_half = FaceDetector()._search(half, 0, lambda side: 24)  # the pass on the half photo
+    (halved,) = faces_found(path, checkpoint, capsys, "--detector", "haar", "--small-faces", "500")
+    at_half = HaarDetector()._search(half, 0, lambda side: 24)  # the pass on the half photo
     assert len(at_half) == 1 and halved["whole_image"] is False
     assert halved["box"] == [2 * v for v in at_half[0]] != full["box"]  # in the photo's pixels
 
-    (coarse,) = faces_found(path, checkpoint, capsys, "--small-faces", "200")
+    (coarse,) = faces_found(path, checkpoint, capsys, "--detector", "haar", "--small-faces", "200")
     assert coarse["whole_image"] is True and coarse["box"] == [0, 0, 1000, 1000]
 
 
@@ -716,11 +725,11 @@ def test_min_face_drops_the_faces_smaller_than_it(checkpoint, tmp_path, capsys):
     path = tmp_path / "two_faces.png"
     Image.fromarray(head_photo(720, 440, [(20, 20, 300), (340, 100, 160)])).save(path)
     big, small = (170, 170), (420, 180)  # the pasted faces' centres
-    both = faces_found(path, checkpoint, capsys)
+    both = faces_found(path, checkpoint, capsys, "--detector", "haar")
     assert [line["face"] for line in both] == [0, 1]
     assert [np.hypot(*np.subtract(centre(line["box"]), c)) < 8
             for line, c in zip(both, (big, small))] == [True, True]
-    (one,) = faces_found(path, checkpoint, capsys, "--min-face", "0.25")
+    (one,) = faces_found(path, checkpoint, capsys, "--detector", "haar", "--min-face", "0.25")
     assert np.hypot(*np.subtract(centre(one["box"]), big)) < 8 and one["whole_image"] is False
 
 
@@ -734,14 +743,15 @@ def test_max_side_sets_the_detection_scale_and_boxes_stay_in_the_photos_pixels(c
     small, large = tmp_path / "astronaut512.png", tmp_path / "astronaut1024.png"
     Image.fromarray(gray).save(small)
     Image.fromarray(twice(gray)).save(large)
-    (original,) = faces_found(small, checkpoint, capsys, "--max-side", "512")
-    (scaled,) = faces_found(large, checkpoint, capsys, "--max-side", "512")
+    (original,) = faces_found(small, checkpoint, capsys, "--detector", "haar", "--max-side", "512")
+    (scaled,) = faces_found(large, checkpoint, capsys, "--detector", "haar", "--max-side", "512")
     assert not original["whole_image"] and not scaled["whole_image"]
     assert scaled["box"] == [2 * v for v in original["box"]]
-    (full,) = faces_found(large, checkpoint, capsys, "--max-side", "0")
+    (full,) = faces_found(large, checkpoint, capsys, "--detector", "haar", "--max-side", "0")
     assert not full["whole_image"] and full["box"] != scaled["box"]
-    assert full["box"] == list(FaceDetector(max_side=0).detect(twice(gray))[0])
-    (tiny,) = faces_found(large, checkpoint, capsys, "--max-side", "64", "--small-faces", "64")
+    assert full["box"] == list(HaarDetector(max_side=0).detect(twice(gray))[0].box)
+    (tiny,) = faces_found(large, checkpoint, capsys, "--detector", "haar", "--max-side", "64",
+                          "--small-faces", "64")
     assert tiny["whole_image"] is True and tiny["box"] == [0, 0, 1024, 1024]
 
 
@@ -752,7 +762,7 @@ def test_margin_changes_the_crop_that_is_classified_not_the_box(checkpoint, phot
     clf = Classifier.from_checkpoint(checkpoint)
     answers = {}
     for margin in ("0", "0.5"):
-        (answers[margin],) = faces_found(photos / "astronaut.png", checkpoint, capsys,
+        (answers[margin],) = faces_found(photos / "astronaut.png", checkpoint, capsys, "--detector", "haar",
                                          "--margin", margin, "--logit-adjustment", "0")
         crop = crop_face(gray, tuple(answers[margin]["box"]), float(margin), 48)
         expected = clf.predict(crop[None], "none")[0]

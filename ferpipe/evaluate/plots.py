@@ -1,5 +1,5 @@
 """matplotlib figures of a run: training curves, the one-cycle LR, confusion matrix, per-class F1,
-and a grid of test predictions. Each function writes one PNG and returns its path."""
+the reliability diagram, and a grid of test predictions. Each function writes one PNG and returns its path."""
 
 from __future__ import annotations
 
@@ -84,6 +84,25 @@ def per_class_f1(per_class: dict[str, dict[str, float]], path: Path) -> Path:
     ax.bar_label(bars, fmt="%.2f")
     ax.set(ylim=(0, 1), ylabel="F1", title="test F1 per class")
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    return _save(fig, path)
+
+
+def reliability_diagram(calibration: dict, path: Path) -> Path:
+    """Accuracy against confidence per bin on test, before and after the temperature (eval.json's
+    `calibration`, `ferpipe.evaluate.calibration.calibration_report`), with the diagonal of
+    perfect calibration and each curve's ECE in its label (Guo et al. 2017, figure 1)."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for key, label, colour in (
+            ("test", f"as trained: ECE {calibration['test_ece']:.3f}", "tab:red"),
+            ("test_calibrated", f"T = {calibration['temperature']:.2f}: ECE "
+                                f"{calibration['test_ece_calibrated']:.3f}", "tab:blue")):
+        rows = [row for row in calibration["reliability"][key] if row["count"]]
+        ax.plot([row["confidence"] for row in rows], [row["accuracy"] for row in rows],
+                marker="o", color=colour, label=label)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-class probability)",
+           ylabel="accuracy", title=f"test reliability ({calibration['bins']} bins)")
+    ax.legend(loc="upper left")
     return _save(fig, path)
 
 

@@ -45,14 +45,16 @@ def _sizes(ckpt: dict) -> tuple[int, int]:
     return int(ckpt.get("input_size", size)), size
 
 
-def export_onnx(checkpoint: str | Path, dest: str | Path) -> Path:
+def export_onnx(checkpoint: str | Path, dest: str | Path, temperature: float | None = None
+                ) -> Path:
     """Export a train-stage checkpoint's model to one ONNX file (fp32, CPU, dynamic batch axis).
 
     Graph input `input`: float32 (B, 1, S, S), normalized ((pixel / 255 - mean) / std), S = the
     checkpoint's `input_size` else `image_size`; output `logits`: float32 (B, C). The metadata
     props hold class_names (JSON list), mean and std ([0, 1] units), input_size and image_size
     (pixels), and class_counts (JSON list, training images per class: the prior of the logit
-    adjustment) when the checkpoint has them. Written to a temporary name, then renamed: `dest`
+    adjustment) when the checkpoint has them, and `temperature` (the calibration fitted on val,
+    `ferpipe.evaluate.calibration`) when given. Written to a temporary name, then renamed: `dest`
     is never half-written.
 
     Returns:
@@ -77,6 +79,8 @@ def export_onnx(checkpoint: str | Path, dest: str | Path) -> Path:
              "input_size": str(input_size), "image_size": str(image_size)}
     if ckpt.get("class_counts"):
         props["class_counts"] = json.dumps([int(n) for n in ckpt["class_counts"]])
+    if temperature is not None:
+        props["temperature"] = repr(float(temperature))
     onnx.helper.set_model_props(proto, props)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +110,8 @@ class OnnxModule(nn.Module):
 def load_onnx_classifier(path: str | Path) -> Classifier:
     """A `Classifier` whose model is the ONNX file run by onnxruntime (CPU, as many threads as
     torch uses): `predict(images uint8 (N, image_size, image_size), tta, crop)` -> float32 (N, C)
-    probabilities, through the same normalization, TTA views and averaging as a checkpoint.
+    probabilities, through the same normalization, TTA views and averaging as a checkpoint; its
+    `temperature` is the file's (1.0 when the metadata has none).
 
     Raises:
         CheckpointError: no such file, not an ONNX model onnxruntime can load, or one without
@@ -137,8 +142,10 @@ def load_onnx_classifier(path: str | Path) -> Classifier:
     ctx = StepContext(torch.device("cpu"), float(meta["mean"]), float(meta["std"]),
                       input_size=input_size if input_size < image_size else None)
     counts = json.loads(meta["class_counts"]) if "class_counts" in meta else None
-    return Classifier(OnnxModule(session), json.loads(meta["class_names"]), ctx, image_size,
-                      str(path), [int(n) for n in counts] if counts else None)
+    classifier = Classifier(OnnxModule(session), json.loads(meta["class_names"]), ctx,
+                            image_size, str(path), [int(n) for n in counts] if counts else None)
+    classifier.temperature = float(meta.get("temperature", 1.0))  # 1.0: not calibrated
+    return classifier
 
 
 def check_images(image_size: int, n: int = 8) -> np.ndarray:
@@ -196,11 +203,12 @@ def check_onnx(checkpoint: str | Path, onnx_path: str | Path, images: np.ndarray
 
 
 def log_onnx_model(checkpoint: str | Path, registry_name: str | None = None,
-                   alias: str | None = None) -> str:
+                   alias: str | None = None, temperature: float | None = None) -> str:
     """Export the checkpoint to ONNX, check it (`check_onnx`), and log it to the active MLflow
     run as the ONNX model `onnx_model` (input example: two normalized float32 (1, S, S) images,
     mid-grey and a ramp). With `registry_name`, it is also registered as `<registry_name>-onnx`
-    and `alias` (if given) points at the new version.
+    and `alias` (if given) points at the new version. `temperature` goes into its metadata
+    (`export_onnx`).
 
     Returns:
         The logged model's URI (`models:/m-...`).
@@ -217,7 +225,7 @@ def log_onnx_model(checkpoint: str | Path, registry_name: str | None = None,
         raise FerpipeError("log_onnx_model: no active MLflow run (call it inside "
                            "mlflow.start_run())")
     with tempfile.TemporaryDirectory(prefix="ferpipe-onnx-") as tmp:
-        path = export_onnx(checkpoint, Path(tmp) / "model.onnx")
+        path = export_onnx(checkpoint, Path(tmp) / "model.onnx", temperature)
         check_onnx(checkpoint, path)
         classifier = load_onnx_classifier(path)
         size, ctx = classifier.image_size, classifier.ctx

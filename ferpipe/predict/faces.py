@@ -1,10 +1,11 @@
-"""Finding and cropping faces: OpenCV's bundled frontal-face Haar cascade
-(`haarcascade_frontalface_default.xml`, Viola & Jones 2001, shipped with opencv-python-headless
-4.x) in two passes, and the square crop with a margin that the classifier is given."""
+"""Faces as the detectors report them (`Face`: a box, and 5 landmarks where the detector gives
+them), one box per face (`remove_nested`), and the crop the classifier is given: a square around
+the box with a margin (`crop_face`), rotated first so the eyes are level when the landmarks are
+known (`align_face`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,77 +23,50 @@ def opencv():
     return cv2
 
 
-class FaceDetector:
-    """OpenCV's frontal-face Haar cascade (`detectMultiScale` with scale factor 1.1 and 5
-    neighbours, as in OpenCV's face-detection tutorial), in two passes.
+@dataclass
+class Face:
+    """One detected face.
 
-    1. The portrait pass, fast: a copy downscaled to `max_side` pixels (longer side), faces of at
-       least `min_size` of the shorter side. Most photos of one person end here (about 16-20
-       ms for a 640 x 480 photo on a 2-core CPU, `ferpipe-bench --predict`; docs/speed.md).
-    2. When it finds no face, the small-face pass: a copy downscaled to at most `small_side`
-       pixels (0: the photo's own size), faces down to `min_pixels` (24, the cascade's window)
-       at that size. A group photo whose faces are 5-10% of its side is found here; so a
-       photo up to `small_side` pixels has its faces found down to about 24 pixels.
-
-    Only when both find nothing does `Predictor` classify the whole image (`whole_image`).
-
-    Args:
-        scale_factor: image-pyramid step of `detectMultiScale` (1.1: thorough, 1.2: faster).
-        min_neighbors: detections needed to keep a face (higher: fewer false positives).
-        min_size: smallest face of the portrait pass, fraction of the image's shorter side.
-        max_side: the portrait pass searches images longer than this downscaled to it (the boxes
-            are mapped back); 0 searches the full size.
-        small_side: the small-face pass's longest side, pixels (0: the full size; None: no
-            second pass).
-        min_pixels: smallest face of the small-face pass, pixels at its scale.
+    Attributes:
+        box: (x, y, w, h) pixels of the searched image (may reach past its border).
+        landmarks: float32 (5, 2) (x, y) pixels, in libfacedetection's order: the eye on the
+            image's left, the eye on its right, the nose tip, the mouth corner on the left, the
+            one on the right; None where the detector gives none (Haar).
+        score: the detector's confidence (libfacedetection: 0-100), None for Haar.
+        roll: the face's in-plane rotation, degrees, positive when the image-right eye is lower
+            (`eye_angle` of the landmarks, refined by the detector); None without landmarks.
     """
 
-    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5,
-                 min_size: float = 0.15, max_side: int = 320, small_side: int | None = 1600,
-                 min_pixels: int = 24) -> None:
-        cv2 = opencv()
-        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
-        self.cascade = cv2.CascadeClassifier(str(path))
-        if self.cascade.empty():
-            raise RuntimeError(f"{path}: cannot load OpenCV's Haar cascade")
-        self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
-        self.min_size, self.max_side = min_size, max_side
-        self.small_side, self.min_pixels = small_side, max(min_pixels, CASCADE_WINDOW)
-
-    def detect(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
-        """Face boxes (x, y, w, h) in pixels of `gray` (uint8 (H, W)), largest first; none for
-        an image with a side shorter than the cascade's 24-pixel window (a 5000 x 1 strip, say),
-        which holds no face it could find."""
-        boxes = self._search(gray, self.max_side, lambda small: max(20, int(self.min_size
-                                                                            * small)))
-        if boxes or self.small_side is None:
-            return boxes
-        return self._search(gray, self.small_side, lambda small: self.min_pixels)
-
-    def _search(self, gray: np.ndarray, max_side: int, smallest) -> list[tuple[int, int, int, int]]:
-        """One pass: `gray` downscaled to `max_side` (0: as it is), faces of at least
-        `smallest(shorter side)` pixels at that scale, boxes in `gray`'s pixels."""
-        cv2 = opencv()
-        scale = 1.0
-        height, width = gray.shape[:2]
-        side = max(height, width)
-        if max_side and side > max_side:
-            scale = max_side / side
-            # Each side at least 1 pixel: fx/fy scaling rounds a 5000 x 1 strip to 320 x 0.
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-        if min(gray.shape[:2]) < CASCADE_WINDOW:
-            return []
-        least = smallest(min(gray.shape[:2]))
-        found = self.cascade.detectMultiScale(gray, scaleFactor=self.scale_factor,
-                                              minNeighbors=self.min_neighbors,
-                                              minSize=(least, least))
-        boxes = [tuple(int(round(v / scale)) for v in box) for box in found]
-        return sorted(boxes, key=lambda b: -b[2] * b[3])
+    box: tuple[int, int, int, int]
+    landmarks: np.ndarray | None = None
+    score: float | None = None
+    roll: float | None = None
 
 
-#: The side of the Haar cascade's detection window, pixels (haarcascade_frontalface_default.xml).
-CASCADE_WINDOW = 24
+def remove_nested(faces: list[Face], overlap: float = 0.5) -> list[Face]:
+    """One box per face: drops every box that has more than `overlap` of its area inside a
+    larger kept box (an eye or a cheek found as a second face), largest first.
+
+    Args:
+        faces: in any order. overlap: share of the smaller box's area, in (0, 1].
+
+    Returns:
+        The kept faces, largest box first.
+    """
+    kept: list[Face] = []
+    for face in sorted(faces, key=lambda f: -f.box[2] * f.box[3]):
+        x, y, w, h = face.box
+        area = max(w * h, 1)
+        if all(_intersection(face.box, other.box) <= overlap * area for other in kept):
+            kept.append(face)
+    return kept
+
+
+def _intersection(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
+    """Pixels shared by two (x, y, w, h) boxes."""
+    width = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    height = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    return max(width, 0) * max(height, 0)
 
 
 def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], margin: float, size: int
@@ -119,3 +93,57 @@ def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], margin: float, s
         x0, y0 = x0 + pad, y0 + pad
     crop = gray[y0:y0 + side, x0:x0 + side]
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def eye_angle(landmarks: np.ndarray) -> float:
+    """The angle of the line from the image-left eye to the image-right eye, degrees, positive
+    when the right one is lower (y grows downwards): the face's roll.
+
+    Args:
+        landmarks: (5, 2) (x, y) pixels, the two eyes first (`Face.landmarks`).
+    """
+    (x0, y0), (x1, y1) = landmarks[0], landmarks[1]
+    return float(np.degrees(np.arctan2(y1 - y0, x1 - x0)))
+
+
+def align_face(gray: np.ndarray, face: Face, margin: float, size: int) -> np.ndarray:
+    """`crop_face`'s square, rotated about the box's centre so the eyes are level (the face's
+    `roll` undone, as FER2013's faces are roughly upright); without a roll (Haar), `crop_face`
+    itself.
+
+    The rotation and crop are one affine warp (bilinear) to at most 4 x `size` pixels, then an
+    area resize to `size`, so a large face is not aliased; parts outside the image are filled by
+    replicating the border, as in `crop_face`.
+
+    Args:
+        gray: uint8 (H, W). face: its box and landmarks. margin: fraction of the box's longer
+            side added on every side. size: output side, pixels.
+
+    Returns:
+        uint8 (size, size).
+    """
+    if face.roll is None:
+        return crop_face(gray, face.box, margin, size)
+    x, y, w, h = face.box
+    side = max(w, h) * (1 + 2 * margin)
+    work = int(min(max(round(side), size), 4 * size))
+    crop = rotated_square(gray, (x + w / 2, y + h / 2), side, face.roll, work)
+    if work == size:
+        return crop
+    return opencv().resize(crop, (size, size), interpolation=opencv().INTER_AREA)
+
+
+def rotated_square(gray: np.ndarray, centre: tuple[float, float], side: float, angle: float,
+                   out: int) -> np.ndarray:
+    """The square of `side` pixels centred on `centre` (x, y), rotated by `angle` degrees
+    counter-clockwise (OpenCV's convention) so a face rolled by `angle` comes out level,
+    resampled (bilinear) to `out` x `out` pixels; the border replicated outside `gray`.
+
+    Args:
+        gray: uint8 (H, W). Returns: uint8 (out, out).
+    """
+    cv2 = opencv()
+    matrix = cv2.getRotationMatrix2D(centre, angle, out / side)
+    matrix[:, 2] += (out / 2 - centre[0], out / 2 - centre[1])
+    return cv2.warpAffine(gray, matrix, (out, out), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)

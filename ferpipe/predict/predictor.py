@@ -1,7 +1,8 @@
 """From a photo to its faces' expressions: reading an image as training reads its images, the
 classifier behind `--model` (checkpoint, ONNX file or MLflow URI), and the `Predictor` that
-detects, crops and classifies each face (`ferpipe.predict.faces`); `ferpipe-predict`, the served model
-and the evaluate stage's example photo all go through it."""
+detects (`ferpipe.predict.detectors`), aligns and crops (`ferpipe.predict.faces`) and classifies
+each face; `ferpipe-predict`, the served model, `ferpipe-evaluate-folder` and the evaluate
+stage's example photo all go through it."""
 
 from __future__ import annotations
 
@@ -21,11 +22,15 @@ from ferpipe.model.inference import (
     Classifier,
     probabilities,
 )
-from ferpipe.predict.faces import FaceDetector, crop_face, opencv
+from ferpipe.predict.detectors import make_detector
+from ferpipe.predict.faces import Face, align_face, opencv
 
 #: The train stage's checkpoint: the model `ferpipe-predict` uses when it exists (relative to
 #: the current folder, the repo root).
 DEFAULT_MODEL = "models/model.pt"
+#: The evaluate stage's record: its `calibration` section holds the temperature fitted on val
+#: for the checkpoint whose sha256 it names (relative to the current folder, the repo root).
+EVALUATION = "metrics/eval.json"
 
 
 def default_model() -> tuple[str, str]:
@@ -111,34 +116,70 @@ class Prediction:
                 "probabilities": self.probabilities, "whole_image": self.whole_image}
 
 
+#: The crop's margin around each detector's box, fraction of the box's longer side, chosen on
+#: FER2013's val images by `scripts/framing.py` (docs/faces.md): the framing whose crops the
+#: classifier scores best, i.e. closest to FER2013's own.
+MARGINS = {"yunet": 0.0, "haar": 0.1}
+
+
 @dataclass
 class Predictor:
-    """Detect, crop and classify; see the module docstring."""
+    """Detect, align, crop and classify; see the module docstring.
+
+    Attributes:
+        margin: the crop's margin (fraction of the box's longer side); None: the detector's
+            (`MARGINS`).
+        align: rotate each face so its eyes are level when the detector gives landmarks.
+        temperature: the probabilities' temperature (`calibrate`); None: the classifier's own
+            (`load_classifier` sets it from the model's record), else 1 (as the model says).
+    """
 
     classifier: Classifier
-    detector: FaceDetector = field(default_factory=FaceDetector)
-    margin: float = 0.1
+    detector: Any = field(default_factory=make_detector)
+    margin: float | None = None
     tta: str = DEFAULT_TTA
     tta_crop: int | None = None
     logit_adjustment: float = DEFAULT_LOGIT_ADJUSTMENT
+    align: bool = True
+    temperature: float | None = None
+
+    def crops(self, gray: np.ndarray, fallback: bool = True
+              ) -> tuple[list[Face], np.ndarray, bool]:
+        """The faces of a grayscale uint8 (H, W) image and their crops, uint8 (n, S, S) with S
+        the classifier's input side; when no face is found and `fallback`, the whole image as
+        one face (the third value True), else no face and an empty (0, S, S) array."""
+        cv2, size = opencv(), self.classifier.image_size
+        faces = self.detector.detect(gray)
+        if not faces:
+            if not fallback:
+                return [], np.zeros((0, size, size), np.uint8), False
+            whole = cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
+            return [Face((0, 0, gray.shape[1], gray.shape[0]))], whole[None], True
+        margin = MARGINS.get(getattr(self.detector, "name", ""), 0.1) if self.margin is None \
+            else self.margin
+        crops = [align_face(gray, face if self.align else Face(face.box), margin, size)
+                 for face in faces]
+        return faces, np.stack(crops), False
+
+    def probabilities(self, crops: np.ndarray) -> np.ndarray:
+        """float (N, C) calibrated probabilities of uint8 (N, S, S) crops: the evaluate
+        stage's scores (TTA, logit adjustment) at the temperature."""
+        probs = probabilities(self.classifier, crops, self.tta, self.logit_adjustment,
+                              self.tta_crop)
+        temperature = (getattr(self.classifier, "temperature", 1.0) if self.temperature is None
+                       else self.temperature)
+        return calibrate(probs, temperature)
 
     def predict_image(self, gray: np.ndarray, name: str, fallback: bool = True
                       ) -> list[Prediction]:
         """Predictions for every face of a grayscale uint8 (H, W) image, largest face first; when
         no face is found, the whole image (one Prediction with whole_image=True) if `fallback`,
         else none."""
-        cv2, size = opencv(), self.classifier.image_size
-        boxes = self.detector.detect(gray)
-        if not boxes and not fallback:
+        faces, crops, whole = self.crops(gray, fallback)
+        if not faces:
             return []
-        whole = not boxes
-        if whole:
-            boxes = [(0, 0, gray.shape[1], gray.shape[0])]
-            crops = [cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)]
-        else:
-            crops = [crop_face(gray, box, self.margin, size) for box in boxes]
-        probs = probabilities(self.classifier, np.stack(crops), self.tta, self.logit_adjustment,
-                              self.tta_crop)
+        boxes = [face.box for face in faces]
+        probs = self.probabilities(crops)
         names = self.classifier.class_names
         out = []
         for i, (box, p) in enumerate(zip(boxes, probs)):
@@ -148,11 +189,45 @@ class Predictor:
         return out
 
 
+def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature scaling (Guo et al. 2017) of probabilities: `softmax(log(probs) / T)`,
+    float (N, C); T = 1 returns `probs` unchanged, the argmax never changes."""
+    if temperature == 1.0:
+        return probs
+    logits = np.log(np.clip(np.asarray(probs, np.float64), 1e-30, None)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    scaled = np.exp(logits)
+    return (scaled / scaled.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def recorded_temperature(checkpoint: str | Path, record: str | Path = EVALUATION) -> float:
+    """The temperature the evaluate stage fitted on val for this checkpoint: `record`'s
+    `calibration.temperature` when its `calibration.model_sha256` is the checkpoint's sha256;
+    1.0 when there is no such record (another checkpoint's, or none)."""
+    import json
+
+    from ferpipe.core.files import sha256_of
+
+    try:
+        calibration = json.loads(Path(record).read_text()).get("calibration") or {}
+    except (OSError, ValueError):
+        return 1.0
+    temperature = calibration.get("temperature")
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        return 1.0
+    if calibration.get("model_sha256") != sha256_of(Path(checkpoint)):
+        return 1.0
+    return float(temperature)
+
+
 def load_classifier(ref: str) -> Classifier:
     """A checkpoint file, an ONNX file (name ending in `.onnx`, run with onnxruntime, see
     `ferpipe.model.export.load_onnx_classifier`), or an MLflow URI of a pipeline run's model:
     `models:/<name>@<alias>`, `models:/<name>/<version>` or `runs:/<run_id>` (the run's logged
     `checkpoint/model.pt` is used; the store is the repo's, see `ferpipe.core.tracking`).
+    The classifier's `temperature` (float) comes with it: an ONNX file's metadata, the run's
+    logged evaluation (`eval/eval.json`), or for a checkpoint file `recorded_temperature`; 1.0
+    where none is recorded.
 
     Raises:
         CheckpointError: no such checkpoint or ONNX file, or one that is not one.
@@ -161,9 +236,11 @@ def load_classifier(ref: str) -> Classifier:
     if ref.lower().endswith(".onnx"):
         from ferpipe.model.export import load_onnx_classifier
 
-        return load_onnx_classifier(ref)
+        return load_onnx_classifier(ref)  # its temperature from the file's metadata
     if not re.match(r"^(models|runs):/", ref):
-        return Classifier.from_checkpoint(ref)
+        classifier = Classifier.from_checkpoint(ref)
+        classifier.temperature = recorded_temperature(ref)
+        return classifier
     import mlflow
 
     from ferpipe.core import store
@@ -188,4 +265,10 @@ def load_classifier(ref: str) -> Classifier:
         raise ValueError(f"{ref}: cannot resolve the model: {err.message}") from err
     classifier = Classifier.from_checkpoint(local)
     classifier.source = ref
+    try:
+        evaluation = mlflow.artifacts.download_artifacts(run_id=run_id,
+                                                         artifact_path="eval/eval.json")
+        classifier.temperature = recorded_temperature(local, evaluation)
+    except mlflow.exceptions.MlflowException:  # a run not evaluated (yet): uncalibrated
+        classifier.temperature = 1.0
     return classifier

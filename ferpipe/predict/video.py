@@ -1,5 +1,6 @@
 """Expressions in videos and webcams: frames read with OpenCV, every `every`-th one's faces
-classified by a `Predictor`, one record per face (CSV or JSON lines), and the annotated copy."""
+classified by a `Predictor`, each face followed over frames and its probabilities smoothed
+(`ferpipe.predict.smoothing`), one record per face (CSV or JSON lines), and the annotated copy."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from ferpipe.data.decode import to_gray
 from ferpipe.predict.drawing import draw
 from ferpipe.predict.faces import opencv
 from ferpipe.predict.predictor import Prediction, Predictor
+from ferpipe.predict.smoothing import DEFAULT_SMOOTH_S, FaceSmoother
 
 #: Files read as videos (by suffix); a folder argument yields images only.
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
@@ -50,48 +52,90 @@ def open_video(source: Path | int):
 @dataclass
 class FramePrediction:
     """One face of one video frame (file, frame index, time in seconds, the face), or a
-    classified frame in which no face was found (`prediction` None)."""
+    classified frame in which no face was found (`prediction` None).
+
+    Attributes:
+        track: the face's track id (the same face in other frames has the same id; from 0 per
+            video); None without a face.
+        smoothed: its probabilities averaged over the track's frames, {class: probability}
+            (the frame's own when smoothing is off); None without a face.
+    """
 
     file: str
     frame: int
     time_s: float
     prediction: Prediction | None
+    track: int | None = None
+    smoothed: dict[str, float] | None = None
+
+    @property
+    def smoothed_expression(self) -> str | None:
+        """The class with the largest smoothed probability (None without them)."""
+        return max(self.smoothed, key=self.smoothed.get) if self.smoothed else None
+
+    @property
+    def smoothed_probability(self) -> float | None:
+        """The smoothed probability of `smoothed_expression` (None without them)."""
+        return self.smoothed[self.smoothed_expression] if self.smoothed else None
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON line: file, frame, time_s, then face, box, expression, probability and
-        probabilities (all None for a frame without a face)."""
+        """The JSON line: file, frame, time_s, then face, box, expression, probability,
+        probabilities, track, smoothed_expression, smoothed_probability and
+        smoothed_probabilities (all None for a frame without a face)."""
         if self.prediction is None:
             face = dict.fromkeys(("face", "box", "expression", "probability", "probabilities"))
         else:
             face = self.prediction.as_dict()
             del face["file"], face["whole_image"]
-        return {"file": self.file, "frame": self.frame, "time_s": round(self.time_s, 3), **face}
+        return {"file": self.file, "frame": self.frame, "time_s": round(self.time_s, 3), **face,
+                "track": self.track, "smoothed_expression": self.smoothed_expression,
+                "smoothed_probability": self.smoothed_probability,
+                "smoothed_probabilities": self.smoothed}
+
+
+def follow(smoother: FaceSmoother, time_s: float, predictions: list[Prediction]
+           ) -> list[tuple[int, dict[str, float]]]:
+    """(track id, smoothed {class: probability}) of each of one frame's faces, in order, from
+    `smoother` (updated with them)."""
+    if not predictions:
+        smoother.update(time_s, [], np.zeros((0, 0)))
+        return []
+    names = list(predictions[0].probabilities)
+    probs = np.array([[p.probabilities[n] for n in names] for p in predictions])
+    tracks = smoother.update(time_s, [p.box for p in predictions], probs)
+    return [(track, {n: float(v) for n, v in zip(names, smoothed)}) for track, smoothed in tracks]
 
 
 def predict_video(predictor: Predictor, source: Path | int,
                   emit: Callable[[FramePrediction], None], every: int = 1,
-                  max_frames: int | None = None, annotate_dir: Path | None = None) -> int:
+                  max_frames: int | None = None, annotate_dir: Path | None = None,
+                  smooth_s: float = DEFAULT_SMOOTH_S) -> int:
     """Classify the faces of every `every`-th frame of a video file or webcam, calling `emit`
     for each face as soon as its frame is done (once with `prediction` None for a classified
-    frame without a face).
+    frame without a face). Each face is followed over the classified frames and its
+    probabilities averaged with time constant `smooth_s` seconds (`FramePrediction.track` and
+    `.smoothed`; 0: off, the smoothed probabilities are the frame's own).
 
     Time of a frame: index / the file's frame rate (seconds); a webcam's (or a file without a
     frame rate): seconds since the first frame. With `annotate_dir`, every frame read is
-    written, the latest frame's boxes drawn, to `<annotate_dir>/<stem>.annotated.mp4` (`webcam<N>`
-    for a webcam; mp4v, the source's frame rate or 30), through a temporary name, so a failed
-    or interrupted file leaves none. Ctrl-C ends a webcam normally; it interrupts a file.
-    Progress (frames) goes to stderr when it is a terminal.
+    written, the latest frame's boxes drawn (with the smoothed labels when `smooth_s` > 0), to
+    `<annotate_dir>/<stem>.annotated.mp4` (`webcam<N>` for a webcam; mp4v, the source's frame
+    rate or 30), through a temporary name, so a failed or interrupted file leaves none. Ctrl-C
+    ends a webcam normally; it interrupts a file. Progress (frames) goes to stderr when it is a
+    terminal.
 
     Returns:
         The number of frames read.
 
     Raises:
-        ValueError: the video or webcam cannot be opened, or gives no frame (nothing emitted).
+        ValueError: the video or webcam cannot be opened, or gives no frame (nothing emitted);
+            `smooth_s` negative, infinite or NaN (before anything is opened).
         OSError: the annotated video cannot be written.
         KeyboardInterrupt: Ctrl-C while reading a file.
     """
     from tqdm import tqdm
 
+    smoother = FaceSmoother(smooth_s)
     cv2, live = opencv(), isinstance(source, int)
     name = f"webcam:{source}" if live else str(source)
     cap = open_video(source)
@@ -127,8 +171,15 @@ def predict_video(predictor: Predictor, source: Path | int,
                     if index % every == 0:
                         gray = np.asarray(to_gray(Image.fromarray(rgb)))
                         latest = predictor.predict_image(gray, name, fallback=False)
-                        for p in latest or [None]:
-                            emit(FramePrediction(name, index, seconds, p))
+                        tracks = follow(smoother, seconds, latest)
+                        for p, (track, smoothed) in zip(latest, tracks):
+                            emit(FramePrediction(name, index, seconds, p, track, smoothed))
+                        if not latest:
+                            emit(FramePrediction(name, index, seconds, None))
+                        if smooth_s > 0:  # the annotated video shows the steady label
+                            latest = [replace(p, expression=max(s, key=s.get),
+                                              probability=max(s.values()))
+                                      for p, (_, s) in zip(latest, tracks)]
                     if writer is not None:
                         writer.write(cv2.cvtColor(draw(rgb, latest), cv2.COLOR_RGB2BGR))
                     index += 1
@@ -153,9 +204,10 @@ def predict_video(predictor: Predictor, source: Path | int,
 
 def csv_header(names: list[str]) -> list[str]:
     """The columns of the video CSV: file, frame, time_s, face, x, y, w, h (pixels),
-    expression, probability, then one probability column per class."""
+    expression, probability, one probability column per class, then track,
+    smoothed_expression and smoothed_probability."""
     return ["file", "frame", "time_s", "face", "x", "y", "w", "h", "expression",
-            "probability", *names]
+            "probability", *names, "track", "smoothed_expression", "smoothed_probability"]
 
 
 def csv_row(fp: FramePrediction, names: list[str]) -> list[Any]:
@@ -164,5 +216,7 @@ def csv_row(fp: FramePrediction, names: list[str]) -> list[Any]:
     p = fp.prediction
     if p is None:
         return [fp.file, fp.frame, f"{fp.time_s:.3f}", *[""] * (len(csv_header(names)) - 3)]
+    smoothed = ["", "", ""] if fp.smoothed is None else [
+        fp.track, fp.smoothed_expression, f"{fp.smoothed_probability:.4f}"]
     return [fp.file, fp.frame, f"{fp.time_s:.3f}", p.face, *p.box, p.expression,
-            f"{p.probability:.4f}", *(f"{p.probabilities[n]:.4f}" for n in names)]
+            f"{p.probability:.4f}", *(f"{p.probabilities[n]:.4f}" for n in names), *smoothed]

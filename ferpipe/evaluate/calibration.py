@@ -1,0 +1,115 @@
+"""Calibrated probabilities: temperature scaling fitted on val (Guo et al., "On Calibration of
+Modern Neural Networks", ICML 2017), the expected calibration error (ECE, equal-width confidence
+bins, as there: 15) and the reliability diagram's bins."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
+
+#: Confidence bins of the ECE and the reliability diagram (Guo et al. 2017 use 15).
+BINS = 15
+#: The temperatures searched, as log(T) bounds: T from 0.05 to 20.
+LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T > 0 that minimizes the negative log-likelihood of
+    `softmax(logits / T)` on `labels` (a bounded scalar search over log T, SciPy's Brent).
+
+    Args:
+        logits: float (N, C): logits or log-probabilities (after TTA and logit adjustment: the
+            scores whose argmax is the prediction). labels: int (N,) in [0, C).
+
+    Returns:
+        T in [0.05, 20]: above 1 softens over-confident probabilities; the argmax is unchanged.
+
+    Raises:
+        ValueError: no samples, or logits and labels of different lengths.
+    """
+    logits = np.asarray(logits, np.float64)
+    labels = np.asarray(labels)
+    if len(logits) == 0 or len(logits) != len(labels):
+        raise ValueError(f"temperature scaling needs as many labels as rows of logits; got "
+                         f"{len(logits)} rows and {len(labels)} labels")
+
+    def nll(log_t: float) -> float:
+        return -float(log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(labels)),
+                                                                   labels].mean())
+
+    result = minimize_scalar(nll, bounds=LOG_T_BOUNDS, method="bounded",
+                             options={"xatol": 1e-4})
+    return float(np.exp(result.x))
+
+
+def scaled(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """float64 (N, C) probabilities `softmax(logits / temperature)`."""
+    return np.exp(log_softmax(np.asarray(logits, np.float64) / temperature, axis=1))
+
+
+def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> list[dict]:
+    """The reliability diagram's bins: equal-width bins of the top-class probability on (0, 1].
+
+    Args:
+        probs: float (N, C) probabilities. labels: int (N,).
+
+    Returns:
+        One dict per bin, in order: low and high edge, count, mean confidence and accuracy
+        (None for an empty bin).
+    """
+    confidence = probs.max(1)
+    correct = probs.argmax(1) == np.asarray(labels)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # bin i holds confidences in (edges[i], edges[i + 1]]
+    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    rows = []
+    for i in range(bins):
+        member = index == i
+        count = int(member.sum())
+        rows.append({"low": float(edges[i]), "high": float(edges[i + 1]), "count": count,
+                     "confidence": float(confidence[member].mean()) if count else None,
+                     "accuracy": float(correct[member].mean()) if count else None})
+    return rows
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = BINS
+                               ) -> float:
+    """ECE: the count-weighted mean over `reliability`'s bins of |accuracy - confidence|
+    (Naeini et al. 2015; Guo et al. 2017, eq. 3), a fraction in [0, 1].
+
+    Args:
+        probs: float (N, C) probabilities. labels: int (N,).
+    """
+    total = len(labels)
+    return float(sum(row["count"] / total * abs(row["accuracy"] - row["confidence"])
+                     for row in reliability(probs, labels, bins) if row["count"]))
+
+
+def calibration_report(val_logits: np.ndarray, val_labels: np.ndarray,
+                       test_logits: np.ndarray, test_labels: np.ndarray) -> dict:
+    """The temperature fitted on val and what it does on val and test.
+
+    Args:
+        val_logits, test_logits: float (N, C) scores after TTA and logit adjustment.
+        val_labels, test_labels: int (N,).
+
+    Returns:
+        {"temperature", "bins", "val_ece", "val_ece_calibrated", "test_ece",
+         "test_ece_calibrated", "test_nll", "test_nll_calibrated", "reliability": {"test":
+         bins before, "test_calibrated": bins after}}; ECE and NLL as fractions / nats.
+    """
+    temperature = fit_temperature(val_logits, val_labels)
+    report: dict = {"temperature": temperature, "bins": BINS}
+    for split, logits, labels in (("val", val_logits, val_labels),
+                                  ("test", test_logits, test_labels)):
+        for suffix, t in (("", 1.0), ("_calibrated", temperature)):
+            probs = scaled(logits, t)
+            report[f"{split}_ece{suffix}"] = expected_calibration_error(probs, labels)
+            if split == "test":
+                report[f"test_nll{suffix}"] = float(-np.log(np.clip(
+                    probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+    report["reliability"] = {"test": reliability(scaled(test_logits, 1.0), test_labels),
+                             "test_calibrated": reliability(scaled(test_logits, temperature),
+                                                            test_labels)}
+    return report
