@@ -16,6 +16,8 @@ from ferpipe.core.files import PACKAGE_DIR
 RELEASED_DIR = PACKAGE_DIR / "released"
 RELEASED_MODEL = RELEASED_DIR / "model.onnx"
 RELEASED_INFO = RELEASED_DIR / "model.json"
+#: Its model card, a copy of the repo's docs/model-card.md (`ferpipe.tools.release`).
+RELEASED_CARD = RELEASED_DIR / "model-card.md"
 def read_info(path: str | Path = RELEASED_INFO) -> dict[str, Any] | None:
     """The released model's record (`model.json`), or None when there is none.
 

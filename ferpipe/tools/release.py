@@ -14,6 +14,7 @@ with every retrain; `--force` replaces it anyway).
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,16 @@ import numpy as np
 
 from ferpipe.core.errors import FerpipeError
 from ferpipe.core.files import sha256_of
-from ferpipe.model.released import RELEASED_DIR, RELEASED_INFO, RELEASED_MODEL, read_info
+from ferpipe.model.released import (
+    RELEASED_CARD,
+    RELEASED_DIR,
+    RELEASED_INFO,
+    RELEASED_MODEL,
+    read_info,
+)
+
+#: The model card shipped beside the released model (relative to the repo root).
+MODEL_CARD = Path("docs/model-card.md")
 
 #: Initializers with at least this many elements are stored as float16 (the convolution and
 #: linear weights: 99.9% of the bytes); smaller ones (BatchNorm, biases) stay float32.
@@ -85,7 +95,8 @@ def accuracy(classifier, split: dict[str, np.ndarray], tta: str, logit_adjustmen
 def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = RELEASED_DIR,
             tta: str | None = None, run_ref: str | Path | None = None, force: bool = False,
             convert=half_storage, logit_adjustment: float | None = None,
-            temperature: float | None = None) -> dict[str, Any]:
+            temperature: float | None = None, card: str | Path | None = MODEL_CARD
+            ) -> dict[str, Any]:
     """Export `checkpoint` as the released model into `dest` (`model.onnx`, `model.json`).
 
     Args:
@@ -100,6 +111,8 @@ def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = REL
         temperature: the calibration stored in the ONNX metadata and the record; None: the one
             the evaluate stage fitted on val for this checkpoint (`metrics/eval.json`, see
             `ferpipe.predict.predictor.recorded_temperature`), 1.0 when there is none.
+        card: the model card copied beside the ONNX file (`model-card.md`); None or a missing
+            file: none copied.
 
     Returns:
         The record written to `model.json`: commit, run_id, params (model, augment, train
@@ -173,6 +186,9 @@ def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = REL
                 "weights": "float16 storage, float32 compute", **scores}
         info_tmp = Path(tmp) / RELEASED_INFO.name
         info_tmp.write_text(json.dumps(info, indent=2) + "\n")
+        if card is not None and Path(card).is_file():
+            shutil.copyfile(card, Path(tmp) / RELEASED_CARD.name)
+            (Path(tmp) / RELEASED_CARD.name).replace(dest / RELEASED_CARD.name)
         onnx_path.replace(dest / RELEASED_MODEL.name)
         info_tmp.replace(dest / RELEASED_INFO.name)
     return info
