@@ -52,14 +52,14 @@ def predict_latency(model: Path, repeats: int, tta: str = DEFAULT_TTA, faces: in
         t0 = time.perf_counter()
         _, gray = load_gray(BytesIO(buffer.getvalue()))
         t1 = time.perf_counter()
-        faces = predictor.detector.detect(gray)
+        detected = predictor.detector.detect(gray)
         t2 = time.perf_counter()
-        crops = np.stack([align_face(gray, face, margin, size) for face in faces])
+        crops = np.stack([align_face(gray, face, margin, size) for face in detected])
         predictor.classifier.predict(crops, tta)
         t3 = time.perf_counter()
         predictor.classifier.predict(np.repeat(crops[:1], faces, 0), tta)
         t4 = time.perf_counter()
-        found = len(faces)
+        found = len(detected)
         if i >= 3:
             for key, seconds in (("decode", t1 - t0), ("detect", t2 - t1), ("classify", t3 - t2),
                                  ("total", t3 - t0), ("per_face", (t4 - t3) / faces)):
