@@ -155,12 +155,18 @@ def test_predict_latency_figures(tmp_path):
     save_checkpoint(checkpoint, build_model(arch), class_names=list(CLASS_NAMES),
                     mean=0.5, std=0.25, image_size=48, params={"model": arch.model_dump()})
     out = tmp_path / "latency.json"
-    result = run(["--predict", "--model", str(checkpoint), "--repeats", "3", "--json", str(out)])
-    assert result["faces"] == 1 and result["photo"] == "640x480 JPEG" and result["repeats"] == 3
-    parts = sum(result[f"{k}_ms_median"] for k in ("decode", "detect", "classify"))
-    assert 0 < result["detect_ms_median"] < result["total_ms_median"]
-    assert abs(parts - result["total_ms_median"]) <= 0.5 * result["total_ms_median"]
-    assert json.loads(out.read_text()) == result
+    both = run(["--predict", "--model", str(checkpoint), "--repeats", "3", "--json", str(out)])
+    assert json.loads(out.read_text()) == both
+    assert sorted(both) == ["haar", "yunet"]  # the two detectors side by side by default
+    for name, result in both.items():
+        assert result["detector"] == name
+        assert result["faces"] == 1 and result["photo"] == "640x480 JPEG"
+        assert result["repeats"] == 3 and result["batch_faces"] == 8
+        parts = sum(result[f"{k}_ms_median"] for k in ("decode", "detect", "classify"))
+        assert 0 < result["detect_ms_median"] < result["total_ms_median"]
+        assert abs(parts - result["total_ms_median"]) <= 0.5 * result["total_ms_median"]
+    one = run(["--predict", "--model", str(checkpoint), "--repeats", "2", "--detector", "haar"])
+    assert one["detector"] == "haar" and one["repeats"] == 2
 
 
 def test_bench_builds_the_recipe_as_the_train_stage_does():
