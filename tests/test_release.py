@@ -93,9 +93,15 @@ def test_half_storage_computes_as_the_export_with_rounded_weights(checkpoint, tm
 def test_release_writes_the_model_and_its_record(checkpoint, prepared, tmp_path):
     (tmp_path / "run.json").write_text(json.dumps(  # as the train stage writes it
         {"run_id": "a" * 32, "experiment": "fer2013-resnet18", "tracking_uri": "sqlite:///mlflow.db"}))
-    info = rel.release(checkpoint, prepared, tmp_path / "released", run_ref=tmp_path / "run.json")
+    card = tmp_path / "card.md"
+    card.write_text("# Model card\n")
+    info = rel.release(checkpoint, prepared, tmp_path / "released", run_ref=tmp_path / "run.json",
+                       card=card)
     folder = tmp_path / "released"
-    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.onnx"]  # no temps
+    # no temps; the card copied beside the model
+    assert sorted(p.name for p in folder.iterdir()) == ["model-card.md", "model.json", "model.onnx"]
+    assert (folder / "model-card.md").read_text() == "# Model card\n"
+    assert info["temperature"] == 1.0  # no evaluation recorded for this checkpoint
     assert json.loads((folder / "model.json").read_text()) == info
     assert info["sha256"] == sha256_of(folder / "model.onnx")
     assert info["bytes"] == (folder / "model.onnx").stat().st_size <= rel.MAX_BYTES
@@ -298,3 +304,9 @@ def test_the_shipped_released_model_is_the_one_its_record_describes():
     assert info["logit_adjustment"] == 0 or classifier.class_counts  # the prior travels with it
     probs = classifier.predict(check_images(classifier.image_size)[:1], tta="hflip")
     assert classifier.class_names[int(probs.argmax())] == "happy"  # the astronaut smiles
+
+
+def test_the_shipped_model_card_is_the_docs_one():
+    """The card beside the released model is docs/model-card.md (the README links it)."""
+    docs = Path(__file__).resolve().parents[1] / "docs" / "model-card.md"
+    assert released.RELEASED_CARD.read_text() == docs.read_text()
