@@ -310,3 +310,29 @@ def test_the_shipped_model_card_is_the_docs_one():
     """The card beside the released model is docs/model-card.md (the README links it)."""
     docs = Path(__file__).resolve().parents[1] / "docs" / "model-card.md"
     assert released.RELEASED_CARD.read_text() == docs.read_text()
+
+
+def test_calibrating_the_released_model_stores_its_temperature_and_keeps_its_answers(
+        checkpoint, prepared, tmp_path):
+    """`release --calibrate`: the temperature fitted on val goes into the ONNX metadata and the
+    record (sha256 and size updated); the weights, so the answers' argmax, are untouched, and
+    the val ECE does not rise."""
+    folder = tmp_path / "released"
+    rel.release(checkpoint, prepared, folder, tta="none", card=None)
+    before = load_onnx_classifier(folder / "model.onnx")
+    images = np.load(prepared / "val.npz")["images"]
+    plain = before.predict(images, "none")
+    assert before.temperature == 1.0
+    rel.main(["--calibrate", "--prepared", str(prepared), "--dest", str(folder)])
+    info = json.loads((folder / "model.json").read_text())
+    after = load_onnx_classifier(folder / "model.onnx")
+    assert after.temperature == pytest.approx(info["temperature"]) != 1.0
+    assert info["sha256"] == sha256_of(folder / "model.onnx")
+    assert info["bytes"] == (folder / "model.onnx").stat().st_size
+    np.testing.assert_array_equal(after.predict(images, "none"), plain)  # same weights
+    c = info["calibration"]
+    assert c["temperature"] == info["temperature"]
+    assert c["val_ece_calibrated"] <= c["val_ece"] + 1e-9
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.onnx"]  # no temps
+    with pytest.raises(rel.ReleaseError, match="no released model"):
+        rel.calibrate_released(prepared, tmp_path / "empty")
