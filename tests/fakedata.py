@@ -78,7 +78,7 @@ def make_tar(folder: Path, tar_path: Path, prefix: str = "") -> Path:
 
 def stage_folder(folder: Path, n_train: int, n_test: int) -> dict[str, str]:
     """A folder to run the stage scripts in: a tiny archive at data/fer2013.zip (made from
-    `folder/images`) and the project's params.yaml; returns the environment that runs them
+    `folder/images`) and the project's params.yaml (distillation off); returns the environment that runs them
     (`PYTHONPATH` at this checkout, no MLFLOW_TRACKING_URI: the stages log to the folder's own
     default store, whatever an earlier test left in the environment)."""
     import os
@@ -86,7 +86,10 @@ def stage_folder(folder: Path, n_train: int, n_test: int) -> dict[str, str]:
     make_image_folders(folder / "images", n_train=n_train, n_test=n_test)
     (folder / "data").mkdir()
     make_zip(folder / "images", folder / "data" / "fer2013.zip")
-    (folder / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    # the committed teacher targets belong to the real FER2013 train split, not this one
+    params["train"].update({"teacher": None, "distill_weight": 0.0})
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return {**env, "PYTHONPATH": str(ROOT)}
 

@@ -82,7 +82,7 @@ def test_distillation_params_are_checked_before_any_data_is_read():
     aug = default_params().augment
     check_distillation(train_cfg(distill_weight=0.0), aug)  # off: nothing to check
     with pytest.raises(ParamsError, match=r"^train\.distill_weight: 0\.5 needs train\.teacher"):
-        check_distillation(train_cfg(distill_weight=0.5), aug)
+        check_distillation(train_cfg(distill_weight=0.5, teacher=None), aug)
     mixing = default_params(augment={"mixup_alpha": 0.2}).augment
     with pytest.raises(ParamsError, match="mixup_alpha or augment.cutmix_alpha"):
         check_distillation(train_cfg(distill_weight=0.5, teacher="t.npz"), mixing)

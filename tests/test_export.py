@@ -173,10 +173,11 @@ def test_bench_predict_compares_pytorch_with_onnx(exported, tmp_path):
     checkpoint, _ = exported
     out = tmp_path / "bench.json"
     result = run(["--predict", "--model", str(checkpoint), "--repeats", "2", "--faces", "3",
-                  "--compare-onnx", "--json", str(out)])
+                  "--detector", "yunet", "--compare-onnx", "--json", str(out)])
     assert json.loads(out.read_text()) == result
     assert result["pytorch"]["backend"] == "pytorch" and result["onnx"]["backend"] == "onnxruntime"
     for figures in result.values():
+        assert figures["detector"] == "yunet"
         assert figures["faces"] == 1 and figures["batch_faces"] == 3
         for key in ("decode", "detect", "classify", "total", "per_face"):
             assert figures[f"{key}_ms_median"] > 0

@@ -200,7 +200,9 @@ def test_the_release_command_checks_the_size_and_force_replaces_a_better_model(
     assert out.splitlines() == lines
     replaced = json.loads((folder / "model.json").read_text())
     assert replaced["val"] == info["val"] and replaced["sha256"] == info["sha256"]
-    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.onnx"]
+    # the repo's model card (docs/model-card.md, relative to the current folder) beside them
+    card = ["model-card.md"] if rel.MODEL_CARD.is_file() else []
+    assert sorted(p.name for p in folder.iterdir()) == [*card, "model.json", "model.onnx"]
 
 
 @pytest.mark.parametrize("tau", ["inf", "nan", "-1", "-inf"])
