@@ -192,8 +192,7 @@ def main() -> None:
     if (chosen["tta"], chosen["logit_adjustment"]) != (cfg.tta, cfg.logit_adjustment):
         print(f"note: val favours evaluate.tta {chosen['tta']}, evaluate.logit_adjustment "
               f"{chosen['logit_adjustment']} (metrics/eval.json val_settings)")
-    summary = {**headline(metrics, no_tta, trained, counts_file),
-               "test_ece": calibration["test_ece_calibrated"]}
+    summary = headline(metrics, no_tta, trained, counts_file)
     report = report_text(test["labels"], pred, names)
     print(report)
     print(f"test accuracy {metrics['accuracy']:.4f} with TTA {cfg.tta}, "

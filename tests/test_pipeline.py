@@ -112,7 +112,7 @@ def test_repro_writes_sane_outputs(repo):
     assert ckpt["mean"] == pytest.approx(stats["mean"])
     pngs = sorted((first / "metrics/plots").glob("*.png"))
     assert [p.name for p in pngs] == ["accuracy.png", "confusion.png", "loss.png", "lr.png",
-                                      "per_class_f1.png"]
+                                      "per_class_f1.png", "reliability.png"]
     grid = first / "metrics/predictions.png"  # holds dataset images: DVC-cached, git-ignored
     assert "/predictions.png" in (first / "metrics/.gitignore").read_text()
     for png in pngs + [grid]:
@@ -148,7 +148,7 @@ def test_mlflow_holds_one_complete_run(repo):
                                         "seconds", "images_per_s")}
     assert {k for k in run.data.metrics if not k.startswith("summary/")} == per_epoch
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert "plots/confusion.png" in artifacts and len(artifacts) == 6
+    assert "plots/reliability.png" in artifacts and len(artifacts) == 7
     assert client.get_experiment(run.info.experiment_id).artifact_location.startswith(
         (r / "mlartifacts").as_uri())
 
