@@ -37,7 +37,7 @@ from ferpipe.evaluate.metrics import (
     paired_gain_interval,
     report_text,
 )
-from ferpipe.model import export
+from ferpipe.model import export, registry
 from ferpipe.model.device import resolve_device
 from ferpipe.model.inference import Classifier, adjust_logits, predict_log_proba
 from ferpipe.predict.drawing import annotate
@@ -247,7 +247,7 @@ def main() -> None:
             uri = serving.log_serving_model(cfg.model, example, tta=cfg.tta,
                                             logit_adjustment=cfg.logit_adjustment,
                                             temperature=calibration["temperature"])
-            version = serving.register(uri, cfg.registry_name, cfg.registry_alias, {
+            version = registry.register(uri, cfg.registry_name, cfg.registry_alias, {
                 "test_accuracy": f"{metrics['accuracy']:.4f}", "tta": cfg.tta,
                 "logit_adjustment": f"{cfg.logit_adjustment:g}",
                 "test_accuracy_no_tta": f"{no_tta['accuracy']:.4f}",

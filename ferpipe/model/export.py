@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ferpipe.core.errors import CheckpointError, FerpipeError
+from ferpipe.model import registry
 from ferpipe.model.device import StepContext
 from ferpipe.model.inference import Classifier, normalize, tta_views
 
@@ -234,11 +235,9 @@ def log_onnx_model(checkpoint: str | Path, registry_name: str | None = None,
         example = next(tta_views(normalize(torch.as_tensor(pixels), ctx.mean, ctx.std), "none",
                                  input_size=ctx.input_size)).numpy()
         name = f"{registry_name}-onnx" if registry_name else None
-        info = mlflow.onnx.log_model(onnx.load(path), name=ONNX_MODEL, input_example=example,
-                                     registered_model_name=name)
-    if name and alias:
-        mlflow.MlflowClient().set_registered_model_alias(name, alias,
-                                                         info.registered_model_version)
+        info = mlflow.onnx.log_model(onnx.load(path), name=ONNX_MODEL, input_example=example)
+    if name:
+        registry.register(info.model_uri, name, alias)
     return info.model_uri
 
 

@@ -337,20 +337,6 @@ def _version(package: str) -> str:
     return version(package).split("+")[0]
 
 
-def register(model_uri: str, name: str, alias: str, tags: dict[str, str]) -> str:
-    """Register `model_uri` as a new version of `name`, point `alias` at it and tag it.
-
-    Returns:
-        The new version number (as a string).
-    """
-    client = mlflow.MlflowClient()
-    version = mlflow.register_model(model_uri, name).version
-    client.set_registered_model_alias(name, alias, version)
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-    return str(version)
-
-
 def main(argv: list[str] | None = None) -> None:
     """`python -m ferpipe.serve.pyfunc DEST [--model M]`: save the serving model as an MLflow model
     folder (see `save_serving_model`), then `mlflow models serve -m DEST`."""
