@@ -14,6 +14,7 @@ The photo is scikit-image's public-domain NASA portrait (`skimage.data.astronaut
 the predict command's face detection and drawn with its prediction to metrics/astronaut.png."""
 
 import csv
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from ferpipe.core import store, tracking
-from ferpipe.core.errors import run_main
+from ferpipe.core.errors import ParamsError, run_main
 from ferpipe.core.files import read_json, sha256_of, write_json
 from ferpipe.core.handoffs import check_data_counts, check_train_summary
 from ferpipe.core.outputs import stage_outputs
@@ -42,6 +43,7 @@ from ferpipe.model.device import resolve_device
 from ferpipe.model.inference import Classifier, adjust_logits, predict_log_proba
 from ferpipe.predict.drawing import annotate
 from ferpipe.predict.predictor import Predictor
+from ferpipe.tools.evaluate_folder import class_folders, folder_report, score_folder, table
 
 #: Post-hoc logit-adjustment strengths scored on val (with every TTA mode), so that
 #: evaluate.logit_adjustment and evaluate.tta are chosen on val, never on test.
@@ -155,6 +157,33 @@ def print_val_settings(params: str = "params.yaml") -> None:
           f"{chosen['gain_interval']}")
 
 
+def external_folders(folders: tuple[str, ...], class_names: list[str]
+                     ) -> dict[str, tuple[list[tuple[Path, int]], list[str]]]:
+    """evaluate.external's folders, each with its class folders and the folder names skipped
+    (`class_folders`).
+
+    Raises:
+        ParamsError: a folder is missing or none of its folders names a class of the model.
+    """
+    found = {}
+    for i, folder in enumerate(folders):
+        try:
+            found[folder] = class_folders(Path(folder), class_names)
+        except ValueError as err:
+            raise ParamsError(f"evaluate.external[{i}]: {err}") from None
+    return found
+
+
+def external_metrics(external: dict | None) -> dict[str, float]:
+    """MLflow metrics of the external folders' reports: `external/<folder name>/<metric>`."""
+    metrics = {}
+    for folder, result in (external or {"folders": {}})["folders"].items():
+        key = re.sub(r"[^\w.-]", "_", Path(folder).resolve().name) or "folder"
+        for metric in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "no_face_found"):
+            metrics[f"external/{key}/{metric}"] = float(result[metric])
+    return metrics
+
+
 def main() -> None:
     cfg = load_params(stage_args(__doc__).params).evaluate
     # The earlier stages' summaries, checked before the model is loaded (ferpipe/core/handoffs.py)
@@ -166,6 +195,7 @@ def main() -> None:
     scorer = Scorer(cfg)
     classifier, model = scorer.classifier, scorer.model
     names, counts = classifier.class_names, classifier.class_counts
+    external = external_folders(cfg.external, names)  # checked before anything is scored
     # Val, every setting: the table evaluate.tta and evaluate.logit_adjustment are chosen from.
     val = load_split(cfg.val)
     val_settings, val_predictions = scorer.val_settings(val)
@@ -206,11 +236,18 @@ def main() -> None:
 
     photo = skdata.astronaut()
     model.cpu()  # the predict command's path, as a user runs it
-    faces = Predictor(classifier, tta=cfg.tta, tta_crop=cfg.tta_crop,
-                      logit_adjustment=cfg.logit_adjustment,
-                      temperature=calibration["temperature"]).predict_image(
-        np.asarray(Image.fromarray(photo).convert("L")), "astronaut")
+    predictor = Predictor(classifier, tta=cfg.tta, tta_crop=cfg.tta_crop,
+                          logit_adjustment=cfg.logit_adjustment,
+                          temperature=calibration["temperature"])
+    faces = predictor.predict_image(np.asarray(Image.fromarray(photo).convert("L")), "astronaut")
     print("astronaut: " + ", ".join(f"{f.expression} {f.probability:.2f}" for f in faces))
+    if external:
+        evaluation["external"] = {
+            "detector": predictor.detector.name, "align": predictor.align,
+            "folders": {folder: folder_report(score_folder(predictor, found), names, skipped)
+                        for folder, (found, skipped) in external.items()}}
+        for folder, result in evaluation["external"]["folders"].items():
+            print(table(result, f"external: {folder}"))
     with stage_outputs() as outs:
         write_json(summary, outs.file("metrics/summary.json"))
         write_json(evaluation, outs.file("metrics/eval.json"))
@@ -233,6 +270,7 @@ def main() -> None:
                   for metric in ("accuracy", "macro_f1") for i, side in enumerate(("low", "high"))}
         mlflow.log_metrics({f"summary/{k}": v
                             for k, v in {**summary, **per_class, **bounds}.items()})
+        mlflow.log_metrics(external_metrics(evaluation.get("external")))
         for path in ("metrics/summary.json", "metrics/eval.json",
                      "metrics/classification_report.txt", "metrics/confusion.csv",
                      "metrics/astronaut.png"):

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ferpipe.core.errors import ParamsError
 from ferpipe.data.splits import CLASS_NAMES
 from ferpipe.model.device import StepContext
 from ferpipe.model.inference import Classifier
@@ -135,3 +136,19 @@ def test_bad_input_gets_one_line(tmp_path, capsys):
     bad.write_text("[1, 2]")
     assert main([str(tmp_path / "empty"), "--model", str(model), "--mapping", str(bad)]) == 2
     assert "expected a JSON object" in capsys.readouterr().err
+
+
+def test_the_evaluate_stage_checks_its_external_folders_by_params_key(folder, tmp_path):
+    """evaluate.external: a missing folder, or one with no class folder, is one line that names
+    the params key and its index (checked before anything is scored)."""
+    from stages.evaluate import external_folders
+
+    found = external_folders((str(folder),), CLASS_NAMES)
+    assert found[str(folder)][1] == ["contempt"]
+    assert sorted(index for _, index in found[str(folder)][0]) == sorted(
+        CLASS_NAMES.index(name) for name in ("fear", "happy", "neutral", "sad"))
+    with pytest.raises(ParamsError, match=r"^evaluate\.external\[1\]: .*missing: no such folder"):
+        external_folders((str(folder), str(tmp_path / "missing")), CLASS_NAMES)
+    (tmp_path / "other" / "contempt").mkdir(parents=True)
+    with pytest.raises(ParamsError, match=r"^evaluate\.external\[0\]: .*no class folder matches"):
+        external_folders((str(tmp_path / "other"),), CLASS_NAMES)

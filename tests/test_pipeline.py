@@ -44,9 +44,11 @@ def repo(tmp_path_factory):
     counts = make_image_folders(tmp / "images", n_train=30, n_test=6, image=learnable_face)
     archive = make_zip(tmp / "images", tmp / "fer_tiny.zip")
     repo = tmp / "repo"
+    # the generated test images, in their class folders, as an external labelled folder
     env = make_repo(repo, archive, model={"stem": "standard"},
                     train={"epochs": EPOCHS, "batch_size": 16, "lr": 0.003},
-                    plot={"grid_images": 16})
+                    plot={"grid_images": 16},
+                    evaluate={"external": [str(tmp / "images" / "test")]})
     out = sh(["dvc", "repro"], repo, env)
     first = tmp / "first"
     for folder in ("metrics", "models"):
@@ -338,6 +340,30 @@ def post(url, body):
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())["predictions"]
+
+
+def test_the_external_folder_is_scored_as_the_evaluate_folder_command_scores_it(repo):
+    """evaluate.external: the stage's report of the folder (metrics/eval.json, MLflow) is the
+    one `ferpipe-evaluate-folder` gives for the same checkpoint, with the evaluation's TTA,
+    logit adjustment and temperature (read back from eval.json)."""
+    first, folder = repo["first"], str(repo["path"].parent / "images" / "test")
+    external = json.loads((first / "metrics/eval.json").read_text())["external"]
+    staged = external["folders"][folder]
+    assert staged["photos"] == repo["counts"]["test"]
+    assert staged["skipped_classes"] == [] and staged["unreadable"] == []
+    out = sh([sys.executable, "-m", "ferpipe.tools.evaluate_folder", folder, "--model",
+              "models/model.pt", "--json"], first, repo["env"], stdout_only=True)
+    command = json.loads(out)
+    assert command["detector"] == external["detector"] and command["align"] == external["align"]
+    assert command["temperature"] != 1.0  # the fitted one, found by the checkpoint's sha256
+    for key in ("photos", "per_class_photos", "confusion", "no_face_found", "several_faces"):
+        assert command[key] == staged[key], key
+    for key in ("accuracy", "macro_f1", "balanced_accuracy", "ece"):
+        assert command[key] == pytest.approx(staged[key], abs=1e-6), key
+    client, _ = store_runs(repo["path"])
+    logged = client.get_run(repo["run_id"]).data.metrics
+    assert logged["external/test/accuracy"] == pytest.approx(staged["accuracy"])
+    assert logged["external/test/no_face_found"] == staged["no_face_found"]
 
 
 def test_served_model_answers_like_the_predict_command(repo, tmp_path):

@@ -546,7 +546,7 @@ def test_help_shows_every_options_default():
     assert {"--webcam INDEX", "--every N", "--max-frames N", "--model MODEL"} <= set(blocks)
     assert [name for name, text in blocks.items() if "default" not in text] == []
     assert "(default None: the detector's" in blocks["--margin MARGIN"]
-    assert "haar 0.1" in blocks["--margin MARGIN"]
+    assert "yunet 0, haar 0)" in blocks["--margin MARGIN"]
     assert "(default: 1)" in blocks["--every N"]
 
 

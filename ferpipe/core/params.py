@@ -197,6 +197,8 @@ class Evaluate(_Section):
     registry: Bool
     registry_name: Annotated[str, Field(min_length=1)]
     registry_alias: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")]
+    #: Labelled photo folders (DIR/<class>/<photo>) also scored through the predict path.
+    external: tuple[Path_, ...] = ()
 
 
 class Plot(_Section):

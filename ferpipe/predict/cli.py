@@ -52,6 +52,7 @@ from ferpipe.predict.detectors import DETECTORS, make_detector
 from ferpipe.predict.drawing import annotate
 from ferpipe.predict.predictor import (
     DEFAULT_MODEL,
+    IMAGE_SUFFIXES,
     MARGINS,
     Prediction,
     Predictor,
@@ -61,9 +62,6 @@ from ferpipe.predict.predictor import (
 )
 from ferpipe.predict.smoothing import DEFAULT_SMOOTH_S, TIME_CONSTANT_EXPECTED, check_time_constant
 from ferpipe.predict.video import VIDEO_SUFFIXES, FramePrediction, csv_header, csv_row, predict_video
-
-#: Files taken from a folder argument (a file named explicitly is always tried).
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def expand(paths: list[str]) -> Iterator[Path]:

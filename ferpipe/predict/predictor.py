@@ -77,6 +77,11 @@ def load_gray(path: Path | BinaryIO) -> tuple[np.ndarray, np.ndarray]:
     return rgb, gray
 
 
+#: Photos taken from a folder (`ferpipe-predict DIR`, `ferpipe-evaluate-folder`); a file named
+#: explicitly is always tried.
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
 def read_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """`load_gray` of a regular file, with every reason it cannot be read as one ValueError.
 
@@ -119,7 +124,7 @@ class Prediction:
 #: The crop's margin around each detector's box, fraction of the box's longer side, chosen on
 #: FER2013's val images by `scripts/framing.py` (docs/faces.md): the framing whose crops the
 #: classifier scores best, i.e. closest to FER2013's own.
-MARGINS = {"yunet": 0.0, "haar": 0.1}
+MARGINS = {"yunet": 0.0, "haar": 0.0}
 
 
 @dataclass

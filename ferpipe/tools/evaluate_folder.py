@@ -35,9 +35,14 @@ from ferpipe.core.params import TTA_MODES
 from ferpipe.evaluate.calibration import expected_calibration_error
 from ferpipe.evaluate.metrics import classification_metrics, confidence_intervals
 from ferpipe.model.inference import DEFAULT_LOGIT_ADJUSTMENT, DEFAULT_TTA
-from ferpipe.predict.cli import IMAGE_SUFFIXES
 from ferpipe.predict.detectors import DETECTORS, make_detector
-from ferpipe.predict.predictor import Predictor, default_model, load_classifier, read_image
+from ferpipe.predict.predictor import (
+    IMAGE_SUFFIXES,
+    Predictor,
+    default_model,
+    load_classifier,
+    read_image,
+)
 
 #: Folder names of other facial-expression datasets (AffectNet, RAF-DB, CK+, JAFFE, KDEF ...),
 #: lower case, and the FER2013 class each means.
