@@ -6,7 +6,8 @@ Writes metrics/summary.json (the headline figures: the DVC metrics file), metric
 detail: test metrics per class, without TTA, 95% bootstrap confidence intervals of test accuracy
 and macro-F1, a val table of every TTA mode and logit adjustment to choose evaluate.tta and
 evaluate.logit_adjustment on, and the calibration: the temperature fitted on val and the ECE
-before and after it), the confusion pairs and the classification report. The temperature goes
+before and after it; with evaluate.external, the report of each labelled photo folder scored
+through the predict path), the confusion pairs and the classification report. The temperature goes
 with the registered serving model and ONNX file, and `ferpipe-predict` reads it from eval.json
 for the checkpoint it was fitted for.
 
@@ -175,10 +176,13 @@ def external_folders(folders: tuple[str, ...], class_names: list[str]
 
 
 def external_metrics(external: dict | None) -> dict[str, float]:
-    """MLflow metrics of the external folders' reports: `external/<folder name>/<metric>`."""
-    metrics = {}
-    for folder, result in (external or {"folders": {}})["folders"].items():
+    """MLflow metrics of the external folders' reports: `external/<folder name>/<metric>`
+    (`<folder name>_<i>` for the i-th folder when an earlier one has the same name)."""
+    metrics: dict[str, float] = {}
+    for i, (folder, result) in enumerate((external or {"folders": {}})["folders"].items()):
         key = re.sub(r"[^\w.-]", "_", Path(folder).resolve().name) or "folder"
+        if f"external/{key}/accuracy" in metrics:
+            key = f"{key}_{i}"
         for metric in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "no_face_found"):
             metrics[f"external/{key}/{metric}"] = float(result[metric])
     return metrics
