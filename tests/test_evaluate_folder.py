@@ -152,3 +152,19 @@ def test_the_evaluate_stage_checks_its_external_folders_by_params_key(folder, tm
     (tmp_path / "other" / "contempt").mkdir(parents=True)
     with pytest.raises(ParamsError, match=r"^evaluate\.external\[0\]: .*no class folder matches"):
         external_folders((str(tmp_path / "other"),), CLASS_NAMES)
+
+
+def test_external_folders_of_the_same_name_get_distinct_mlflow_keys(tmp_path):
+    from stages.evaluate import external_metrics
+
+    report = {"accuracy": 0.5, "balanced_accuracy": 0.4, "macro_f1": 0.3, "ece": 0.1,
+              "no_face_found": 2}
+    metrics = external_metrics({"folders": {str(tmp_path / "a" / "faces"): report,
+                                            str(tmp_path / "b" / "faces"): {**report,
+                                                                            "accuracy": 0.7},
+                                            str(tmp_path / "my photos"): report}})
+    assert metrics["external/faces/accuracy"] == 0.5
+    assert metrics["external/faces_1/accuracy"] == 0.7
+    assert metrics["external/my_photos/no_face_found"] == 2.0
+    assert len(metrics) == 15
+    assert external_metrics(None) == {}
