@@ -176,15 +176,16 @@ def external_folders(folders: tuple[str, ...], class_names: list[str]
 
 
 def external_metrics(external: dict | None) -> dict[str, float]:
-    """MLflow metrics of the external folders' reports: `external/<folder name>/<metric>`
-    (`<folder name>_<i>` for the i-th folder when an earlier one has the same name)."""
+    """MLflow metrics of the external folders' reports, beside the run summaries:
+    `summary/external_<folder name>_<metric>` (`<folder name>_<i>` for the i-th folder when an
+    earlier one has the same name)."""
     metrics: dict[str, float] = {}
     for i, (folder, result) in enumerate((external or {"folders": {}})["folders"].items()):
         key = re.sub(r"[^\w.-]", "_", Path(folder).resolve().name) or "folder"
-        if f"external/{key}/accuracy" in metrics:
+        if f"summary/external_{key}_accuracy" in metrics:
             key = f"{key}_{i}"
         for metric in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "no_face_found"):
-            metrics[f"external/{key}/{metric}"] = float(result[metric])
+            metrics[f"summary/external_{key}_{metric}"] = float(result[metric])
     return metrics
 
 

@@ -163,8 +163,8 @@ def test_external_folders_of_the_same_name_get_distinct_mlflow_keys(tmp_path):
                                             str(tmp_path / "b" / "faces"): {**report,
                                                                             "accuracy": 0.7},
                                             str(tmp_path / "my photos"): report}})
-    assert metrics["external/faces/accuracy"] == 0.5
-    assert metrics["external/faces_1/accuracy"] == 0.7
-    assert metrics["external/my_photos/no_face_found"] == 2.0
+    assert metrics["summary/external_faces_accuracy"] == 0.5
+    assert metrics["summary/external_faces_1_accuracy"] == 0.7
+    assert metrics["summary/external_my_photos_no_face_found"] == 2.0
     assert len(metrics) == 15
     assert external_metrics(None) == {}

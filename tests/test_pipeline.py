@@ -362,8 +362,8 @@ def test_the_external_folder_is_scored_as_the_evaluate_folder_command_scores_it(
         assert command[key] == pytest.approx(staged[key], abs=1e-6), key
     client, _ = store_runs(repo["path"])
     logged = client.get_run(repo["run_id"]).data.metrics
-    assert logged["external/test/accuracy"] == pytest.approx(staged["accuracy"])
-    assert logged["external/test/no_face_found"] == staged["no_face_found"]
+    assert logged["summary/external_test_accuracy"] == pytest.approx(staged["accuracy"])
+    assert logged["summary/external_test_no_face_found"] == staged["no_face_found"]
 
 
 def test_served_model_answers_like_the_predict_command(repo, tmp_path):
