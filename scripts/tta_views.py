@@ -2,7 +2,7 @@
 
 For a model trained on random crops (`augment.crop`, 40 of 48 pixels), ten-crop TTA averages the
 softmax of ten 40-pixel crops (4 corners, centre, and their mirrors): no view sees the whole
-face. This adds the whole 48-pixel image, resized to the model's input side (bilinear), and its
+face. This adds the whole 48-pixel image, resized to the model's input side (bilinear, antialiased), and its
 mirror, and scores every combination on val with the evaluation's logit adjustments; each gain
 over plain ten-crop has its paired bootstrap interval (the evaluate stage's rule: a lower bound
 above 0 is a gain beyond val's noise).
