@@ -5,11 +5,12 @@ registry, with its ONNX export beside it.
 Writes metrics/summary.json (the headline figures: the DVC metrics file), metrics/eval.json (the
 detail: test metrics per class, without TTA, 95% bootstrap confidence intervals of test accuracy
 and macro-F1, a val table of every TTA mode and logit adjustment to choose evaluate.tta and
-evaluate.logit_adjustment on, and the calibration: the temperature fitted on val and the ECE
-before and after it; with evaluate.external, the report of each labelled photo folder scored
-through the predict path), the confusion pairs and the classification report. The temperature goes
-with the registered serving model and ONNX file, and `ferpipe-predict` reads it from eval.json
-for the checkpoint it was fitted for.
+evaluate.logit_adjustment on, and the calibration: a temperature per predicted class fitted on
+val, the ECE before and after it and with one temperature for comparison; with
+evaluate.external, the report of each labelled photo folder scored through the predict path),
+the confusion pairs and the classification report. The temperatures go with the registered
+serving model and ONNX file, and `ferpipe-predict` reads them from eval.json for the checkpoint
+they were fitted for.
 
 The photo is scikit-image's public-domain NASA portrait (`skimage.data.astronaut()`), put through
 the predict command's face detection and drawn with its prediction to metrics/astronaut.png."""
@@ -42,6 +43,7 @@ from ferpipe.evaluate.metrics import (
 from ferpipe.model import export, registry
 from ferpipe.model.device import resolve_device
 from ferpipe.model.inference import Classifier, adjust_logits, predict_log_proba
+from ferpipe.model.temperature import as_temperature, describe, to_text
 from ferpipe.predict.drawing import annotate
 from ferpipe.predict.predictor import Predictor
 from ferpipe.tools.evaluate_folder import class_folders, folder_report, score_folder, table
@@ -213,7 +215,8 @@ def main() -> None:
     adjusted = adjust_logits(scores, counts, cfg.logit_adjustment)
     pred = adjusted.argmax(1).numpy()
     interval = confidence_intervals(test["labels"], pred, len(names))
-    # Temperature scaling on val after the same TTA and adjustment (Guo et al. 2017)
+    # Temperature scaling on val after the same TTA and adjustment (Guo et al. 2017), one
+    # temperature per predicted class (Frenkel & Goldberger 2021; ferpipe.evaluate.calibration)
     val_scores = adjust_logits(scorer.log_probs(val, cfg.tta), counts, cfg.logit_adjustment)
     calibration = {**calibration_report(val_scores.numpy(), val["labels"], adjusted.numpy(),
                                         test["labels"]),
@@ -235,15 +238,17 @@ def main() -> None:
     print(f"95% bootstrap intervals over the test images: accuracy "
           f"{interval['accuracy'][0]:.4f}-{interval['accuracy'][1]:.4f}, macro-F1 "
           f"{interval['macro_f1'][0]:.4f}-{interval['macro_f1'][1]:.4f}")
-    print(f"calibration: temperature {calibration['temperature']:.3f} (fitted on val); test "
-          f"ECE {calibration['test_ece']:.4f} before, {calibration['test_ece_calibrated']:.4f} "
-          f"after")
+    temperature = as_temperature(calibration["temperature"])
+    print(f"calibration: temperature {describe(temperature, names)} (fitted on val); test ECE "
+          f"{calibration['test_ece']:.4f} before, {calibration['test_ece_calibrated']:.4f} after "
+          f"({calibration['test_ece_global']:.4f} with one temperature, "
+          f"{calibration['temperature_global']:.3f})")
 
     photo = skdata.astronaut()
     model.cpu()  # the predict command's path, as a user runs it
     predictor = Predictor(classifier, tta=cfg.tta, tta_crop=cfg.tta_crop,
                           logit_adjustment=cfg.logit_adjustment,
-                          temperature=calibration["temperature"])
+                          temperature=temperature)
     faces = predictor.predict_image(np.asarray(Image.fromarray(photo).convert("L")), "astronaut")
     print("astronaut: " + ", ".join(f"{f.expression} {f.probability:.2f}" for f in faces))
     if external:
@@ -289,18 +294,18 @@ def main() -> None:
             example = serving.generated_example(classifier.image_size)
             uri = serving.log_serving_model(cfg.model, example, tta=cfg.tta,
                                             logit_adjustment=cfg.logit_adjustment,
-                                            temperature=calibration["temperature"])
+                                            temperature=temperature)
             version = registry.register(uri, cfg.registry_name, cfg.registry_alias, {
                 "test_accuracy": f"{metrics['accuracy']:.4f}", "tta": cfg.tta,
                 "logit_adjustment": f"{cfg.logit_adjustment:g}",
                 "test_accuracy_no_tta": f"{no_tta['accuracy']:.4f}",
-                "temperature": f"{calibration['temperature']:.4f}",
+                "temperature": to_text(temperature),
                 "run_id": run.info.run_id})
             print(f"registered models:/{cfg.registry_name}@{cfg.registry_alias} "
                   f"(version {version})")
         # ONNX beside it, checked against PyTorch's logits, registered as <name>-onnx
         export.log_onnx_model(cfg.model, cfg.registry_name if cfg.registry else None,
-                              cfg.registry_alias, calibration["temperature"])
+                              cfg.registry_alias, temperature)
         print(f"MLflow: run `mlflow ui` here, then open "
               f"{store.ui_url(run.info.experiment_id)}")
 

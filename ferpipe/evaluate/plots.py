@@ -88,15 +88,19 @@ def per_class_f1(per_class: dict[str, dict[str, float]], path: Path) -> Path:
 
 
 def reliability_diagram(calibration: dict, path: Path) -> Path:
-    """Accuracy against confidence per bin on test, before and after the temperature (eval.json's
+    """Accuracy against confidence per bin on test, before and after the temperature, one or one
+    per predicted class (eval.json's
     `calibration`, `ferpipe.evaluate.calibration.calibration_report`), with the diagonal of
     perfect calibration and each curve's ECE in its label (Guo et al. 2017, figure 1)."""
+    temperature = calibration["temperature"]  # one, or a list: one per predicted class
+    scaling = (f"T per predicted class ({min(temperature):.2f}-{max(temperature):.2f})"
+               if isinstance(temperature, list) else f"T = {temperature:.2f}")
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
     for key, label, colour in (
             ("test", f"as trained: ECE {calibration['test_ece']:.3f}", "tab:red"),
-            ("test_calibrated", f"T = {calibration['temperature']:.2f}: ECE "
-                                f"{calibration['test_ece_calibrated']:.3f}", "tab:blue")):
+            ("test_calibrated", f"{scaling}: ECE {calibration['test_ece_calibrated']:.3f}",
+             "tab:blue")):
         rows = [row for row in calibration["reliability"][key] if row["count"]]
         ax.plot([row["confidence"] for row in rows], [row["accuracy"] for row in rows],
                 marker="o", color=colour, label=label)

@@ -24,6 +24,7 @@ from ferpipe.core.errors import CheckpointError, FerpipeError
 from ferpipe.model import registry
 from ferpipe.model.device import StepContext
 from ferpipe.model.inference import Classifier, normalize, tta_views
+from ferpipe.model.temperature import Temperature, as_temperature, to_text
 
 #: Metadata keys `export_onnx` stores (values are strings; class_names is a JSON list).
 METADATA_KEYS = ("class_names", "mean", "std", "input_size", "image_size")
@@ -46,7 +47,7 @@ def _sizes(ckpt: dict) -> tuple[int, int]:
     return int(ckpt.get("input_size", size)), size
 
 
-def export_onnx(checkpoint: str | Path, dest: str | Path, temperature: float | None = None
+def export_onnx(checkpoint: str | Path, dest: str | Path, temperature: Temperature | None = None
                 ) -> Path:
     """Export a train-stage checkpoint's model to one ONNX file (fp32, CPU, dynamic batch axis).
 
@@ -55,7 +56,8 @@ def export_onnx(checkpoint: str | Path, dest: str | Path, temperature: float | N
     props hold class_names (JSON list), mean and std ([0, 1] units), input_size and image_size
     (pixels), and class_counts (JSON list, training images per class: the prior of the logit
     adjustment) when the checkpoint has them, and `temperature` (the calibration fitted on val,
-    `ferpipe.evaluate.calibration`) when given. Written to a temporary name, then renamed: `dest`
+    `ferpipe.evaluate.calibration`: a number, or a JSON list of one per predicted class) when
+    given. Written to a temporary name, then renamed: `dest`
     is never half-written.
 
     Returns:
@@ -81,7 +83,7 @@ def export_onnx(checkpoint: str | Path, dest: str | Path, temperature: float | N
     if ckpt.get("class_counts"):
         props["class_counts"] = json.dumps([int(n) for n in ckpt["class_counts"]])
     if temperature is not None:
-        props["temperature"] = repr(float(temperature))
+        props["temperature"] = to_text(temperature)
     onnx.helper.set_model_props(proto, props)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +147,11 @@ def load_onnx_classifier(path: str | Path) -> Classifier:
     counts = json.loads(meta["class_counts"]) if "class_counts" in meta else None
     classifier = Classifier(OnnxModule(session), json.loads(meta["class_names"]), ctx,
                             image_size, str(path), [int(n) for n in counts] if counts else None)
-    classifier.temperature = float(meta.get("temperature", 1.0))  # 1.0: not calibrated
+    temperature = as_temperature(meta.get("temperature", 1.0))  # 1.0: not calibrated
+    if temperature is None:
+        raise CheckpointError(f"{path}: the ONNX metadata's temperature {meta['temperature']!r} "
+                              f"is not a positive number or a list of them")
+    classifier.temperature = temperature
     return classifier
 
 
@@ -204,7 +210,7 @@ def check_onnx(checkpoint: str | Path, onnx_path: str | Path, images: np.ndarray
 
 
 def log_onnx_model(checkpoint: str | Path, registry_name: str | None = None,
-                   alias: str | None = None, temperature: float | None = None) -> str:
+                   alias: str | None = None, temperature: Temperature | None = None) -> str:
     """Export the checkpoint to ONNX, check it (`check_onnx`), and log it to the active MLflow
     run as the ONNX model `onnx_model` (input example: two normalized float32 (1, S, S) images,
     mid-grey and a ramp). With `registry_name`, it is also registered as `<registry_name>-onnx`

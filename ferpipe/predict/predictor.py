@@ -22,6 +22,7 @@ from ferpipe.model.inference import (
     Classifier,
     probabilities,
 )
+from ferpipe.model.temperature import Temperature, as_temperature, calibrate
 from ferpipe.predict.detectors import make_detector
 from ferpipe.predict.faces import Face, align_face, opencv
 
@@ -135,7 +136,8 @@ class Predictor:
         margin: the crop's margin (fraction of the box's longer side); None: the detector's
             (`MARGINS`).
         align: rotate each face so its eyes are level when the detector gives landmarks.
-        temperature: the probabilities' temperature (`calibrate`); None: the classifier's own
+        temperature: the probabilities' temperature, one or one per predicted class
+            (`ferpipe.model.temperature.calibrate`); None: the classifier's own
             (`load_classifier` sets it from the model's record), else 1 (as the model says).
     """
 
@@ -146,7 +148,7 @@ class Predictor:
     tta_crop: int | None = None
     logit_adjustment: float = DEFAULT_LOGIT_ADJUSTMENT
     align: bool = True
-    temperature: float | None = None
+    temperature: Temperature | None = None
 
     def crops(self, gray: np.ndarray, fallback: bool = True
               ) -> tuple[list[Face], np.ndarray, bool]:
@@ -194,21 +196,11 @@ class Predictor:
         return out
 
 
-def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Temperature scaling (Guo et al. 2017) of probabilities: `softmax(log(probs) / T)`,
-    float (N, C); T = 1 returns `probs` unchanged, the argmax never changes."""
-    if temperature == 1.0:
-        return probs
-    logits = np.log(np.clip(np.asarray(probs, np.float64), 1e-30, None)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    scaled = np.exp(logits)
-    return (scaled / scaled.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def recorded_temperature(checkpoint: str | Path, record: str | Path = EVALUATION) -> float:
-    """The temperature the evaluate stage fitted on val for this checkpoint: `record`'s
-    `calibration.temperature` when its `calibration.model_sha256` is the checkpoint's sha256;
-    1.0 when there is no such record (another checkpoint's, or none)."""
+def recorded_temperature(checkpoint: str | Path, record: str | Path = EVALUATION) -> Temperature:
+    """The temperature the evaluate stage fitted on val for this checkpoint (a float, or one per
+    predicted class: `ferpipe.model.temperature`): `record`'s `calibration.temperature` when its
+    `calibration.model_sha256` is the checkpoint's sha256; 1.0 when there is no such record
+    (another checkpoint's, or none)."""
     import json
 
     from ferpipe.core.files import sha256_of
@@ -217,12 +209,10 @@ def recorded_temperature(checkpoint: str | Path, record: str | Path = EVALUATION
         calibration = json.loads(Path(record).read_text()).get("calibration") or {}
     except (OSError, ValueError):
         return 1.0
-    temperature = calibration.get("temperature")
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
+    temperature = as_temperature(calibration.get("temperature"))
+    if temperature is None or calibration.get("model_sha256") != sha256_of(Path(checkpoint)):
         return 1.0
-    if calibration.get("model_sha256") != sha256_of(Path(checkpoint)):
-        return 1.0
-    return float(temperature)
+    return temperature
 
 
 def load_classifier(ref: str) -> Classifier:
@@ -230,7 +220,8 @@ def load_classifier(ref: str) -> Classifier:
     `ferpipe.model.export.load_onnx_classifier`), or an MLflow URI of a pipeline run's model:
     `models:/<name>@<alias>`, `models:/<name>/<version>` or `runs:/<run_id>` (the run's logged
     `checkpoint/model.pt` is used; the store is the repo's, see `ferpipe.core.tracking`).
-    The classifier's `temperature` (float) comes with it: an ONNX file's metadata, the run's
+    The classifier's `temperature` (one, or one per predicted class:
+    `ferpipe.model.temperature.Temperature`) comes with it: an ONNX file's metadata, the run's
     logged evaluation (`eval/eval.json`), or for a checkpoint file `recorded_temperature`; 1.0
     where none is recorded.
 

@@ -49,9 +49,10 @@ from ferpipe.core.files import PACKAGE_DIR
 from ferpipe.core.options import check_logit_adjustment, logit_adjustment_type
 from ferpipe.core.params import TTA_MODES
 from ferpipe.model.inference import DEFAULT_LOGIT_ADJUSTMENT, DEFAULT_TTA, probabilities
+from ferpipe.model.temperature import Temperature, calibrate
 from ferpipe.predict import yunet
 from ferpipe.predict.detectors import make_detector
-from ferpipe.predict.predictor import Predictor, calibrate, default_model, load_classifier, load_gray
+from ferpipe.predict.predictor import Predictor, default_model, load_classifier, load_gray
 
 #: Artifact path of the serving model inside the run.
 SERVING_MODEL = "expression_model"
@@ -85,12 +86,13 @@ class ExpressionModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper of a train-stage checkpoint or an ONNX export of one, such as the released
     model (the artifact `checkpoint`, a `.pt` or `.onnx` file); `default_tta` and
     `default_logit_adjustment` are the TTA and tau of a request without `params.tta` and
-    `params.logit_adjustment`; `temperature` calibrates every probability returned (None: the
-    model file's own, `predictor.load_classifier`)."""
+    `params.logit_adjustment`; `temperature` (one, or one per
+    predicted class) calibrates every probability returned (None: the model file's own,
+    `predictor.load_classifier`)."""
 
     def __init__(self, default_tta: str = DEFAULT_TTA,
                  default_logit_adjustment: float = DEFAULT_LOGIT_ADJUSTMENT,
-                 temperature: float | None = None) -> None:
+                 temperature: Temperature | None = None) -> None:
         self.default_tta = default_tta
         self.default_logit_adjustment = default_logit_adjustment
         self.temperature = temperature
@@ -242,7 +244,7 @@ def to_pixels(model_input: Any, size: int) -> np.ndarray:
 
 def log_serving_model(checkpoint: str | Path, example: np.ndarray, tta: str = DEFAULT_TTA,
                       logit_adjustment: float = DEFAULT_LOGIT_ADJUSTMENT,
-                      temperature: float | None = None) -> str:
+                      temperature: Temperature | None = None) -> str:
     """Log the checkpoint as the pyfunc `expression_model` of the active run: no input schema
     (the model takes photos or pixels and checks them itself), a params schema for `tta` and
     `logit_adjustment`.
@@ -272,7 +274,7 @@ def generated_example(size: int) -> np.ndarray:
 
 
 def _pyfunc_args(model_file: str | Path, example: np.ndarray, tta: str, logit_adjustment: float,
-                 temperature: float | None = None) -> dict[str, Any]:
+                 temperature: Temperature | None = None) -> dict[str, Any]:
     """What `mlflow.pyfunc.log_model` and `save_model` get for the serving model of
     `model_file` (a checkpoint or an ONNX file): the model, its file, the package's code, the
     example, a params schema for `tta` and `logit_adjustment`, and the pip requirements."""

@@ -30,6 +30,7 @@ from ferpipe.model.released import (
     RELEASED_MODEL,
     read_info,
 )
+from ferpipe.model.temperature import Temperature, describe, to_record, to_text
 
 #: The model card shipped beside the released model (relative to the repo root).
 MODEL_CARD = Path("docs/model-card.md")
@@ -95,7 +96,7 @@ def accuracy(classifier, split: dict[str, np.ndarray], tta: str, logit_adjustmen
 def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = RELEASED_DIR,
             tta: str | None = None, run_ref: str | Path | None = None, force: bool = False,
             convert=half_storage, logit_adjustment: float | None = None,
-            temperature: float | None = None, card: str | Path | None = MODEL_CARD
+            temperature: Temperature | None = None, card: str | Path | None = MODEL_CARD
             ) -> dict[str, Any]:
     """Export `checkpoint` as the released model into `dest` (`model.onnx`, `model.json`).
 
@@ -108,7 +109,8 @@ def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = REL
             None.
         force: replace a released model even when the new one is not better on val.
         convert: the ONNX conversion (`half_storage`; a test passes a lossy one).
-        temperature: the calibration stored in the ONNX metadata and the record; None: the one
+        temperature: the calibration stored in the ONNX metadata and the record (one, or one per
+            predicted class: `ferpipe.model.temperature`); None: the one
             the evaluate stage fitted on val for this checkpoint (`metrics/eval.json`, see
             `ferpipe.predict.predictor.recorded_temperature`), 1.0 when there is none.
         card: the model card copied beside the ONNX file (`model-card.md`); None or a missing
@@ -180,7 +182,7 @@ def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = REL
             run_id = read_run_record(run_ref)["run_id"]
         info = {"commit": git_commit(), "run_id": run_id, "checkpoint_sha256": sha256_of(Path(checkpoint)),
                 "epoch": ckpt.get("epoch"), "tta": tta, "logit_adjustment": tau,
-                "temperature": float(temperature),
+                "temperature": to_record(temperature),
                 "params": {k: params[k] for k in ("model", "augment", "train") if k in params},
                 "file": RELEASED_MODEL.name, "sha256": sha256_of(onnx_path), "bytes": size,
                 "weights": "float16 storage, float32 compute", **scores}
@@ -195,8 +197,8 @@ def release(checkpoint: str | Path, prepared: str | Path, dest: str | Path = REL
 
 
 def calibrate_released(prepared: str | Path, dest: str | Path = RELEASED_DIR) -> dict[str, Any]:
-    """Fit the released model's temperature on val, after its record's TTA and logit adjustment
-    (`ferpipe.evaluate.calibration`, Guo et al. 2017), and store it: the ONNX file's `temperature`
+    """Fit the released model's temperatures on val, one per predicted class, after its record's
+    TTA and logit adjustment (`ferpipe.evaluate.calibration`), and store them: the ONNX file's `temperature`
     metadata (weights untouched) and the record's `temperature`, `sha256`, `bytes` and
     `calibration` (ECE on val and test before and after, test NLL). For a released model written
     before calibration existed; `release` takes a new model's temperature from the evaluate
@@ -231,7 +233,7 @@ def calibrate_released(prepared: str | Path, dest: str | Path = RELEASED_DIR) ->
                                 splits["test"]["labels"])
     proto = onnx.load(model)
     props = {p.key: p.value for p in proto.metadata_props}
-    props["temperature"] = repr(report["temperature"])
+    props["temperature"] = to_text(tuple(report["temperature"]))
     onnx.helper.set_model_props(proto, props)
     with tempfile.TemporaryDirectory(dir=dest, prefix=".calibrate-") as tmp:
         onnx_tmp, info_tmp = Path(tmp) / RELEASED_MODEL.name, Path(tmp) / RELEASED_INFO.name
@@ -270,15 +272,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true",
                         help="replace the released model even if val accuracy does not improve")
     parser.add_argument("--calibrate", action="store_true",
-                        help="only fit the released model's temperature on val and store it "
+                        help="only fit the released model's temperatures on val and store them "
                              "(no checkpoint needed)")
     args = parser.parse_args(argv)
     if args.calibrate:
+        from ferpipe.model.export import load_onnx_classifier
+
         info = calibrate_released(args.prepared, args.dest)
-        c = info["calibration"]
-        print(f"{Path(args.dest) / RELEASED_MODEL.name}: temperature {c['temperature']:.3f} "
-              f"(fitted on val); ECE val {c['val_ece']:.4f} -> {c['val_ece_calibrated']:.4f}, "
-              f"test {c['test_ece']:.4f} -> {c['test_ece_calibrated']:.4f}")
+        c, model = info["calibration"], Path(args.dest) / RELEASED_MODEL.name
+        names = load_onnx_classifier(model).class_names
+        print(f"{model}: temperature {describe(tuple(c['temperature']), names)} (fitted on "
+              f"val); ECE val {c['val_ece']:.4f} -> {c['val_ece_calibrated']:.4f}, test "
+              f"{c['test_ece']:.4f} -> {c['test_ece_calibrated']:.4f}")
         return
     info = release(args.checkpoint, args.prepared, args.dest, args.tta, args.run_ref, args.force,
                    logit_adjustment=args.logit_adjustment)
