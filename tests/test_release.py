@@ -329,6 +329,7 @@ def test_calibrating_the_released_model_stores_its_temperature_and_keeps_its_ans
     info = json.loads((folder / "model.json").read_text())
     after = load_onnx_classifier(folder / "model.onnx")
     assert after.temperature == pytest.approx(info["temperature"]) != 1.0
+    assert len(info["temperature"]) == len(after.class_names)  # one per predicted class
     assert info["sha256"] == sha256_of(folder / "model.onnx")
     assert info["bytes"] == (folder / "model.onnx").stat().st_size
     np.testing.assert_array_equal(after.predict(images, "none"), plain)  # same weights
