@@ -25,15 +25,11 @@ from ferpipe.evaluate.calibration import (  # noqa: E402
     expected_calibration_error,
     fit_class_temperatures,
     fit_temperature,
+    negative_log_likelihood,
     scaled,
 )
 from ferpipe.model.inference import probabilities  # noqa: E402
 from ferpipe.predict.predictor import load_classifier  # noqa: E402
-
-
-def nll(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log-likelihood (nats) of float (N, C) probabilities on int (N,) labels."""
-    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
 
 
 def main() -> None:
@@ -57,7 +53,8 @@ def main() -> None:
             per_class = scaled(logits[held], fit_class_temperatures(logits[fit], labels[fit]))
             rows.append([expected_calibration_error(one, labels[held]),
                          expected_calibration_error(per_class, labels[held]),
-                         nll(one, labels[held]), nll(per_class, labels[held])])
+                         negative_log_likelihood(one, labels[held]),
+                         negative_log_likelihood(per_class, labels[held])])
     rows = np.array(rows)
     print(f"{args.checkpoint}: val {len(labels)} images, evaluate.tta {cfg.tta}, "
           f"evaluate.logit_adjustment {cfg.logit_adjustment:g}; {len(rows)} fits on half of val, "

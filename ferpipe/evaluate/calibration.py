@@ -121,6 +121,12 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
                      for row in reliability(probs, labels, bins) if row["count"]))
 
 
+def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood, in nats, of float (N, C) probabilities on int (N,) labels
+    (probabilities clipped at 1e-12)."""
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+
 def calibration_report(val_logits: np.ndarray, val_labels: np.ndarray,
                        test_logits: np.ndarray, test_labels: np.ndarray) -> dict:
     """The temperatures fitted on val, per predicted class (the one applied) and one for all,
@@ -147,8 +153,7 @@ def calibration_report(val_logits: np.ndarray, val_labels: np.ndarray,
             probs = scaled(logits, t)
             report[f"{split}_ece{suffix}"] = expected_calibration_error(probs, labels)
             if split == "test":
-                report[f"test_nll{suffix}"] = float(-np.log(np.clip(
-                    probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+                report[f"test_nll{suffix}"] = negative_log_likelihood(probs, labels)
     report["test_ece_calibrated_interval"] = ece_interval(scaled(test_logits, temperature),
                                                           test_labels)
     report["reliability"] = {"test": reliability(scaled(test_logits, 1.0), test_labels),
