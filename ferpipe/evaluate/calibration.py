@@ -10,7 +10,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
-from ferpipe.model.temperature import Temperature, row_temperatures
+from ferpipe.model.temperature import scaled  # applying a temperature: the model layer's
 
 #: Confidence bins of the ECE and the reliability diagram (Guo et al. 2017 use 15).
 BINS = 15
@@ -74,13 +74,6 @@ def fit_class_temperatures(logits: np.ndarray, labels: np.ndarray,
     return tuple(fit_temperature(logits[predicted == c], labels[predicted == c])
                  if (predicted == c).sum() >= min_rows else overall
                  for c in range(logits.shape[1]))
-
-
-def scaled(logits: np.ndarray, temperature: Temperature) -> np.ndarray:
-    """float64 (N, C) probabilities `softmax(logits / T)` of float (N, C) scores, T the
-    temperature or, for a per-class one, the row's predicted class's."""
-    logits = np.asarray(logits, np.float64)
-    return np.exp(log_softmax(logits / row_temperatures(logits, temperature), axis=1))
 
 
 def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> list[dict]:
@@ -147,6 +140,7 @@ def calibration_report(val_logits: np.ndarray, val_labels: np.ndarray,
     overall = fit_temperature(val_logits, val_labels)
     report: dict = {"temperature": list(temperature), "temperature_global": overall,
                     "bins": BINS}
+    test_probs = {}
     for split, logits, labels in (("val", val_logits, val_labels),
                                   ("test", test_logits, test_labels)):
         for suffix, t in (("", 1.0), ("_calibrated", temperature), ("_global", overall)):
@@ -154,10 +148,10 @@ def calibration_report(val_logits: np.ndarray, val_labels: np.ndarray,
             report[f"{split}_ece{suffix}"] = expected_calibration_error(probs, labels)
             if split == "test":
                 report[f"test_nll{suffix}"] = negative_log_likelihood(probs, labels)
-    report["test_ece_calibrated_interval"] = ece_interval(scaled(test_logits, temperature),
-                                                          test_labels)
-    report["reliability"] = {"test": reliability(scaled(test_logits, 1.0), test_labels),
-                             "test_calibrated": reliability(scaled(test_logits, temperature),
+                test_probs[suffix] = probs
+    report["test_ece_calibrated_interval"] = ece_interval(test_probs["_calibrated"], test_labels)
+    report["reliability"] = {"test": reliability(test_probs[""], test_labels),
+                             "test_calibrated": reliability(test_probs["_calibrated"],
                                                             test_labels)}
     return report
 

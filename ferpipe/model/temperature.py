@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.special import log_softmax
 
 #: A float (every row) or one float per class (the row's predicted class picks it).
 Temperature = float | tuple[float, ...]
@@ -54,21 +55,28 @@ def row_temperatures(scores: np.ndarray, temperature: Temperature) -> np.ndarray
     return np.asarray(temperature, np.float64)[np.asarray(scores).argmax(axis=1)][:, None]
 
 
+def scaled(logits: np.ndarray, temperature: Temperature) -> np.ndarray:
+    """float64 (N, C) probabilities `softmax(logits / T)` of float (N, C) scores (logits or
+    log-probabilities), T the temperature or, for a per-class one, the row's predicted class's.
+
+    Raises:
+        ValueError: a per-class temperature whose length is not C.
+    """
+    logits = np.asarray(logits, np.float64)
+    return np.exp(log_softmax(logits / row_temperatures(logits, temperature), axis=1))
+
+
 def calibrate(probs: np.ndarray, temperature: Temperature) -> np.ndarray:
-    """Calibrated probabilities: `softmax(log(probs) / T)` row by row, T the temperature or the
-    row's predicted class's; float32 (N, C) from float (N, C) probabilities. A temperature of 1
-    returns `probs` unchanged; the argmax never changes.
+    """Calibrated probabilities: `scaled(log(probs), T)`, float32 (N, C) from float (N, C)
+    probabilities. A temperature of 1 returns `probs` unchanged; the argmax never changes.
 
     Raises:
         ValueError: a per-class temperature whose length is not C.
     """
     if temperature == 1.0:
         return probs
-    logits = np.log(np.clip(np.asarray(probs, np.float64), 1e-30, None))
-    logits = logits / row_temperatures(logits, temperature)
-    logits -= logits.max(axis=1, keepdims=True)
-    scaled = np.exp(logits)
-    return (scaled / scaled.sum(axis=1, keepdims=True)).astype(np.float32)
+    return scaled(np.log(np.clip(np.asarray(probs, np.float64), 1e-30, None)),
+                  temperature).astype(np.float32)
 
 
 def to_record(temperature: Temperature) -> float | list[float]:
